@@ -1,0 +1,35 @@
+"""One console for all output: rich on a terminal, plain lines in CI or a pipe, GitHub Actions extras."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from rich.console import Console
+
+IN_CI = bool(os.environ.get("CI"))
+IN_GITHUB = bool(os.environ.get("GITHUB_ACTIONS"))
+
+console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+err_console = Console(stderr=True, highlight=False)
+
+
+def interactive() -> bool:
+    """Live displays only on a real terminal outside CI."""
+    return console.is_terminal and not IN_CI
+
+
+def error(message: str, *, file: str | None = None) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    if IN_GITHUB:
+        loc = f" file={file}" if file else ""
+        first = message.splitlines()[0] if message else ""
+        print(f"::error{loc}::{first}", file=sys.stderr)
+
+
+def step_summary(markdown: str) -> None:
+    """Append to the GitHub Actions job summary when running there."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")

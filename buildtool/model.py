@@ -1,0 +1,136 @@
+"""The fleet as frozen data. Built once by :mod:`buildtool.config`; everything else reads these."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+Pairs = tuple[tuple[str, str], ...]
+
+
+def image_slug(name: str) -> str:
+    """'ModelOpsCoordinator' -> 'model-ops-coordinator'; 'family-web' stays as is."""
+    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "-", name)
+    s = re.sub(r"[^a-z0-9]+", "-", s.lower())
+    return s.strip("-")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmokeCheck:
+    """A command run inside the image (``docker run --network=none``) that must exit 0."""
+
+    name: str
+    run: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Root:
+    """Where a root family's filesystem comes from."""
+
+    source: str  # "bootstrap" (mmdebstrap from the Debian archive) or "image" (upstream image reference)
+    image: str = ""  # used when source == "image"
+    suite: str = ""  # used when source == "bootstrap"
+    packages: tuple[str, ...] = ()  # Debian packages of the bootstrapped root filesystem
+
+
+@dataclass(frozen=True, kw_only=True)
+class Family:
+    name: str
+    file: str
+    description: str
+    parent: str | None
+    root: Root | None
+    python: str
+    gpu: bool
+    cuda: str
+    machine_specific: bool  # built once per machine (compiled code, baked profile)
+    os_packages: tuple[str, ...]
+    requirements: tuple[str, ...]
+    env: Pairs
+    smoke: tuple[SmokeCheck, ...]
+    budget_mb: int
+    vram_gb: int
+
+    @property
+    def has_python_deps(self) -> bool:
+        return bool(self.requirements)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Machine:
+    name: str
+    file: str
+    description: str
+    gpu: str  # GPU model, "" when the machine has none
+    vram_gb: int
+    cuda_arch: str  # e.g. "8.9"
+    profile: Pairs  # baked into /etc/machine-profile.json and the image environment
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpu)
+
+    def profile_dict(self) -> dict[str, str]:
+        return {
+            "MACHINE": self.name,
+            "GPU_MODEL": self.gpu,
+            "GPU_VRAM_GB": str(self.vram_gb),
+            "CUDA_ARCH": self.cuda_arch,
+            "TORCH_CUDA_ARCH_LIST": self.cuda_arch,
+            "CMAKE_CUDA_ARCHITECTURES": self.cuda_arch.replace(".", ""),
+            **dict(self.profile),
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    name: str
+    file: str
+    family: str
+    machines: tuple[str, ...]
+    port: int
+    health_port: int
+    needs: str
+    vram_gb: int
+    source: str  # build context of the app code, relative to the repository root
+    entrypoint: tuple[str, ...]
+    requirements: tuple[str, ...]
+    env: Pairs
+
+    @property
+    def slug(self) -> str:
+        return image_slug(self.name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    registry: str
+    org: str
+    suite_python: Pairs  # Debian suite -> Python version it ships
+    ignore: tuple[str, ...]  # patterns excluded from every build context
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fleet:
+    root: Path
+    settings: Settings
+    machines: dict[str, Machine] = field(default_factory=dict)
+    families: dict[str, Family] = field(default_factory=dict)  # parents before children
+    services: dict[str, Service] = field(default_factory=dict)  # sorted by name
+
+    def lineage(self, family: str) -> list[Family]:
+        """The family and its ancestors, root first."""
+        chain: list[Family] = []
+        name: str | None = family
+        while name is not None:
+            fam = self.families[name]
+            chain.append(fam)
+            name = fam.parent
+        return chain[::-1]
+
+    def children(self, family: str) -> list[Family]:
+        return [f for f in self.families.values() if f.parent == family]
+
+    def has_os_package(self, family: str, package: str) -> bool:
+        return any(package in f.os_packages or package in (f.root.packages if f.root else ()) for f in self.lineage(family))

@@ -1,0 +1,222 @@
+"""The build plan: a pure function from the fleet to ordered steps with content identities.
+
+A step's identity hashes everything its image is made of: the rendered Dockerfile and context
+files, its lock, its machine profile (inside the context where it is baked), its root source, and
+its parent's identity. Changing one lock therefore changes exactly that family and its
+descendants. Dry runs, the bake file, the CI matrix and the executor all read this plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from buildtool.errors import UsageError
+from buildtool.model import Family, Fleet, Root, Service, SmokeCheck
+from buildtool.render import Rendered, lock_path, render_family, render_service
+
+# Bump when the meaning of an identity changes (template semantics not visible in the text).
+IDENTITY_VERSION = "1"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    key: str  # "family:NAME", "family:NAME@MACHINE" or "service:NAME@MACHINE"
+    kind: str  # "family" or "service"
+    name: str
+    machine: str | None  # None: one image serves every machine
+    repository: str  # image name below REGISTRY/ORG/
+    identity: str
+    parent: str | None  # key of the step this image builds FROM
+    root: Root | None
+    gpu: bool
+    budget_mb: int
+    smoke: tuple[SmokeCheck, ...]  # this family's checks and all its ancestors'
+    health_port: int = 0  # services: where the HEALTHCHECK probes
+    rendered: Rendered = field(repr=False, compare=False)
+
+    @property
+    def id_tag(self) -> str:
+        return f"id-{self.identity[:24]}"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "name": self.name,
+            "machine": self.machine,
+            "repository": self.repository,
+            "identity": self.identity,
+            "id_tag": self.id_tag,
+            "parent": self.parent,
+            "gpu": self.gpu,
+            "budget_mb": self.budget_mb,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    steps: tuple[Step, ...]
+    machines: tuple[str, ...]
+
+    def step(self, key: str) -> Step:
+        return next(s for s in self.steps if s.key == key)
+
+    def levels(self) -> list[list[Step]]:
+        """Steps grouped so that each group depends only on earlier groups (concurrency waves)."""
+        depth: dict[str, int] = {}
+        for s in self.steps:
+            depth[s.key] = 0 if s.parent is None else depth[s.parent] + 1
+        waves: list[list[Step]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for s in self.steps:
+            waves[depth[s.key]].append(s)
+        return waves
+
+    def as_json(self) -> dict[str, object]:
+        return {"machines": list(self.machines), "steps": [s.as_json() for s in self.steps]}
+
+
+def _sha(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _file_sha(path) -> str:  # noqa: ANN001 - a Path
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+
+
+def family_repository(family: Family, machine: str | None) -> str:
+    return f"{family.name}-{machine}" if family.machine_specific and machine else family.name
+
+
+def service_repository(fleet: Fleet, service: Service, machine: str) -> str:
+    family = fleet.families[service.family]
+    cuda = f"-cu{family.cuda.replace('.', '')}" if family.gpu else ""
+    return f"{service.slug}{cuda}-{machine}"
+
+
+def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None) -> Step:
+    specific = family.machine_specific
+    rendered = render_family(fleet, family, fleet.machines[machine] if specific else None)
+    root = family.root
+    identity = _sha(
+        {
+            "v": IDENTITY_VERSION,
+            "kind": "family",
+            "name": family.name,
+            "machine": machine if specific else None,
+            "context": rendered.digest(),
+            "lock": _file_sha(lock_path(fleet, family.name)) if family.requirements else "",
+            "root": [root.source, root.image if root.source == "image" else "", root.suite, list(root.packages)] if root else None,
+            "parent": parent.identity if parent else None,
+        }
+    )
+    return Step(
+        key=f"family:{family.name}@{machine}" if specific else f"family:{family.name}",
+        kind="family",
+        name=family.name,
+        machine=machine if specific else None,
+        repository=family_repository(family, machine),
+        identity=identity,
+        parent=parent.key if parent else None,
+        root=root,
+        gpu=family.gpu,
+        budget_mb=family.budget_mb,
+        smoke=tuple(check for f in fleet.lineage(family.name) for check in f.smoke),
+        rendered=rendered,
+    )
+
+
+def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Step) -> Step:
+    rendered = render_service(fleet, service, fleet.machines[machine])
+    family = fleet.families[service.family]
+    identity = _sha(
+        {
+            "v": IDENTITY_VERSION,
+            "kind": "service",
+            "name": service.name,
+            "machine": machine,
+            "context": rendered.digest(),
+            "lock": _file_sha(lock_path(fleet, service=service.name)) if service.requirements else "",
+            "parent": family_step.identity,
+        }
+    )
+    return Step(
+        key=f"service:{service.name}@{machine}",
+        kind="service",
+        name=service.name,
+        machine=machine,
+        repository=service_repository(fleet, service, machine),
+        identity=identity,
+        parent=family_step.key,
+        root=None,
+        gpu=family.gpu,
+        budget_mb=family.budget_mb,
+        smoke=family_step.smoke,
+        health_port=service.health_port,
+        rendered=rendered,
+    )
+
+
+def _check_names(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
+    import difflib
+
+    known = list(known)
+    for name in names:
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise UsageError(f"unknown {kind} {name!r}" + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(sorted(known))}"))
+
+
+def make_plan(
+    fleet: Fleet,
+    *,
+    machines: Iterable[str] = (),
+    families: Iterable[str] = (),
+    services: Iterable[str] = (),
+    all_families: bool = False,
+    all_services: bool = False,
+) -> Plan:
+    """Order the selected images: families parents-first, then services, for each selected machine.
+
+    With no selection at all, every family is planned. Families named (or needed by a named
+    service) pull in their ancestors, nothing else.
+    """
+    machines, families, services = list(machines), list(families), list(services)
+    _check_names("machine", machines, fleet.machines)
+    _check_names("family", families, fleet.families)
+    _check_names("service", services, fleet.services)
+    machine_names = tuple(machines) or tuple(fleet.machines)
+    if all_services:
+        services = list(fleet.services)
+    if not (families or services) or all_families:
+        families = list(fleet.families)
+
+    chosen_services = [fleet.services[s] for s in sorted(set(services))]
+    for svc in chosen_services:
+        if not set(svc.machines) & set(machine_names) and not all_services:
+            raise UsageError(f"service {svc.name!r} runs on {', '.join(svc.machines)}, not on the selected machine(s) {', '.join(machine_names)}")
+
+    steps: dict[str, Step] = {}
+    for machine in machine_names:
+        needed: set[str] = set()
+        for name in families:
+            needed.update(f.name for f in fleet.lineage(name))
+        for svc in chosen_services:
+            if machine in svc.machines:
+                needed.update(f.name for f in fleet.lineage(svc.family))
+        by_family: dict[str, Step] = {}
+        for family in fleet.families.values():  # parents before children
+            if family.name not in needed:
+                continue
+            parent = by_family.get(family.parent) if family.parent else None
+            step = _family_step(fleet, family, machine, parent)
+            step = steps.setdefault(step.key, step)
+            by_family[family.name] = step
+        for svc in chosen_services:
+            if machine in svc.machines:
+                step = _service_step(fleet, svc, machine, by_family[svc.family])
+                steps[step.key] = step
+    ordered = [s for s in steps.values() if s.kind == "family"] + [s for s in steps.values() if s.kind == "service"]
+    return Plan(steps=tuple(ordered), machines=machine_names)
