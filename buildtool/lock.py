@@ -145,7 +145,6 @@ def _pip_compile_argv(target: Target, infile: Path, outfile: Path, constraints: 
     argv = [
         "pip-compile", "--quiet", "--generate-hashes", "--strip-extras", "--allow-unsafe",
         "--index-url", INDEX_URL, "--no-emit-index-url",
-        "--custom-compile-command", COMPILE_COMMAND,
         "--output-file", str(outfile),
     ]  # fmt: skip
     if constraints:
@@ -165,12 +164,17 @@ def compile_target(target: Target, *, engine: str = "uv") -> float:
         constraints = _constraints_file(target, tmp)
         argv = (_uv_argv if engine == "uv" else _pip_compile_argv)(target, infile, outfile, constraints)
         # Host pip configuration (local find-links, constraints) must not leak into locks.
-        env = {"PIP_CONFIG_FILE": os.devnull, "UV_NO_CONFIG": "1", "SSL_CERT_FILE": os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")}
+        env = {
+            "PIP_CONFIG_FILE": os.devnull,
+            "UV_NO_CONFIG": "1",
+            "CUSTOM_COMPILE_COMMAND": COMPILE_COMMAND,  # pip-compile's header
+            "SSL_CERT_FILE": os.environ.get("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt"),
+        }
         start = time.monotonic()
         try:
             cmd.run(argv, env=env, cwd=tmp)
         except CommandError as exc:
-            raise LockError(f"{target.name}: the requirements {list(target.requirements)} cannot be resolved together:\n{exc.stderr.strip()}") from exc
+            raise LockError(f"{target.name}: the requirements {list(target.requirements)} could not be locked with {engine}:\n{exc.stderr.strip()}") from exc
         elapsed = time.monotonic() - start
         text = outfile.read_text()
     text = _stamp(text.replace(str(tmp) + "/", ""), target.inputs_hash(), engine)

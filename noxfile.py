@@ -1,0 +1,74 @@
+"""Sessions of the fleet build toolkit. `nox -l` lists them; arguments after `--` go to the command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "uv|virtualenv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+# PyPI sits behind a TLS proxy on some build hosts; the system bundle carries its CA.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+if os.path.exists(CA_BUNDLE):
+    os.environ.setdefault("SSL_CERT_FILE", CA_BUNDLE)
+
+
+def _install(session: nox.Session, *extras: str) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+def _tool(session: nox.Session, *args: str) -> None:
+    session.run("python", "-m", "buildtool", *args, *session.posargs)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite: unit tests, then the engine tests (starts the engine and registry if needed)."""
+    _install(session, "test")
+    args = session.posargs or ["--run-engine"]
+    session.run("python", "-m", "pytest", *args)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff on the code, hadolint on every rendered Dockerfile."""
+    _install(session, "test")
+    session.install("ruff")
+    session.run("ruff", "check", "buildtool", "tests", "noxfile.py", "agents")
+    session.run("python", "-m", "buildtool", "render", "--out", "build/lint")
+    dockerfiles = sorted(str(p) for p in Path("build/lint").rglob("Dockerfile"))
+    session.run("hadolint", "--failure-threshold", "warning", *dockerfiles)
+
+
+@nox.session
+def render(session: nox.Session) -> None:
+    """Write every family and service build context (Dockerfile, .dockerignore, locks) under build/rendered."""
+    _install(session)
+    _tool(session, "render")
+
+
+@nox.session(default=False, tags=["maintenance"])
+def lock(session: nox.Session) -> None:
+    """Hash-lock every family (parent locks as constraints) and service extras. `-- --check` verifies only."""
+    _install(session)
+    _tool(session, "lock")
+
+
+@nox.session
+def plan(session: nox.Session) -> None:
+    """Print the ordered build plan with content identities. `-- --json` for tools; `-- --machine pc2` to filter."""
+    _install(session)
+    _tool(session, "plan")
+
+
+@nox.session
+def validate(session: nox.Session) -> None:
+    """Check the fleet definition (families/, machines/, services/, fleet.toml) and report every problem."""
+    _install(session)
+    _tool(session, "validate")
