@@ -72,3 +72,37 @@ def validate(session: nox.Session) -> None:
     """Check the fleet definition (families/, machines/, services/, fleet.toml) and report every problem."""
     _install(session)
     _tool(session, "validate")
+
+
+@nox.session
+def build_families(session: nox.Session) -> None:
+    """Build, verify and push the family images (default: the CPU group, both machines), then publish.
+
+    Starts the engine and the local registry when needed. `-- --gpu`, `-- --group legacy`,
+    `-- --family family-web`, `-- --machine pc2`; FLEET_REGISTRY / FLEET_ORG pick the registry.
+    """
+    _install(session)
+    _tool(session, "build", "--families-only")
+
+
+@nox.session
+def build(session: nox.Session) -> None:
+    """Build, verify and push services (`-- ServiceRegistry MemoryFusionHub`, `-- --all`) and the families they need."""
+    _install(session)
+    if not session.posargs:
+        session.error("name the services to build, e.g. `nox -s build -- ServiceRegistry`, or `-- --all`")
+    _tool(session, "build")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """Re-print the last size report (`-- --format markdown|json`)."""
+    _install(session)
+    _tool(session, "report")
+
+
+@nox.session(default=False)
+def rollback(session: nox.Session) -> None:
+    """Point `latest` back at `prev` (or FORCE_IMAGE_TAG) for the named services or families."""
+    _install(session)
+    _tool(session, "rollback")

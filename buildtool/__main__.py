@@ -15,7 +15,7 @@ from rich.table import Table
 from buildtool import lock as locking
 from buildtool.config import load_fleet
 from buildtool.console import console, error
-from buildtool.errors import ConfigError, LockError, ToolError
+from buildtool.errors import BuildError, ConfigError, LockError, ToolError, UsageError
 from buildtool.plan import make_plan
 from buildtool.render import lock_path
 
@@ -63,13 +63,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     fleet = _fleet(args)
-    plan = make_plan(
-        fleet,
-        machines=args.machine,
-        families=args.family,
-        services=args.services,
-        all_services=args.all,
-    )
+    plan = _plan(fleet, args)
     if args.json:
         print(json.dumps(plan.as_json(), indent=2))
         return 0
@@ -80,6 +74,105 @@ def cmd_plan(args: argparse.Namespace) -> int:
         parent = plan.step(step.parent).repository if step.parent else (step.root.source if step.root else "")
         table.add_row(str(i), step.repository, step.machine or "any", parent, step.identity[:16])
     console.print(table)
+    return 0
+
+
+def _plan(fleet, args: argparse.Namespace):  # noqa: ANN001, ANN202
+    return make_plan(
+        fleet,
+        machines=args.machine,
+        families=args.family,
+        groups=args.group,
+        services=args.services,
+        all_services=args.all,
+    )
+
+
+def _state_dir(args: argparse.Namespace) -> Path:
+    return Path(os.environ.get("FLEET_STATE_DIR") or Path(args.root) / "build")
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    """Build, verify and push the selected images; publish release tags when every one succeeded."""
+    from buildtool import build, engine, report
+    from buildtool.bootstrap import bootstrap_rootfs
+    from buildtool.docker import Docker
+    from buildtool.progress import Progress
+    from buildtool.registry import Registry, is_loopback
+    from buildtool.release import publish, release_tag
+
+    fleet = _fleet(args)
+    if args.families_only and not (args.family or args.group or args.services):
+        args.group = ["cpu"]
+    plan = _plan(fleet, args)
+    state = _state_dir(args)
+    engine.ensure_engine(state_dir=state)
+    address = fleet.settings.registry
+    if is_loopback(address):
+        storage = Path(os.environ.get("FLEET_REGISTRY_STORAGE", "/var/lib/fleet-registry"))
+        engine.ensure_registry(address, storage_dir=storage, state_dir=state)
+    registry = Registry(address, token=os.environ.get("FLEET_REGISTRY_TOKEN"))
+    tag = release_tag(fleet.root, os.environ)
+    options = build.Options(
+        registry=address,
+        org=fleet.settings.org,
+        state_dir=state,
+        ca_bundle=Path(os.environ.get("FLEET_PIP_CA", "/etc/ssl/certs/ca-certificates.crt")),
+        source_date_epoch=fleet.settings.source_date_epoch,
+        jobs=args.jobs,
+        revision=tag,
+    )
+    started = time.monotonic()
+    with Progress((s.key, f"{s.repository}" + (f" ({s.machine})" if s.machine else "")) for s in plan.steps) as progress:
+        results = build.Executor(plan, options=options, docker=Docker(), registry=registry, progress=progress, bootstrap=bootstrap_rootfs).run()
+    counts = build.summarize(results)
+    elapsed = time.monotonic() - started
+    failed = [r for r in results if r.status in ("failed", "blocked")]
+    (state / "reports").mkdir(parents=True, exist_ok=True)
+    (state / "reports" / "last-run.json").write_text(json.dumps({"tag": tag, "seconds": elapsed, "results": build.results_json(results)}, indent=2))
+    if failed:
+        details = "\n".join(f"  - {r.repository}: {r.status}: {r.message}" for r in failed)
+        raise BuildError(f"{len(failed)} of {len(results)} images did not build; no tag was moved:\n{details}")
+    built = counts.get("built", 0)
+    console.print(f"{len(results)} images in {elapsed:.1f}s: {built} built, {counts.get('cached', 0)} unchanged (identity already in the registry)")
+    if built == 0:
+        console.print("nothing changed: nothing was built")
+    moves = publish(registry, fleet.settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
+    console.print(f"published {tag}: {len(moves)} tag(s) written")
+    sizes = report.measure(plan, {r.key: r.status for r in results}, registry, fleet.settings.org, state)
+    report.write(sizes, state)
+    report.show(sizes)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from buildtool import report
+
+    state = _state_dir(args)
+    try:
+        sizes = report.load(state)
+    except FileNotFoundError:
+        raise UsageError(f"no size report yet in {state / 'reports'}; run `nox -s build_families` first") from None
+    fmt = args.format
+    if fmt == "json":
+        print((state / "reports" / "sizes.json").read_text())
+    elif fmt == "markdown":
+        print(report.markdown(sizes))
+    else:
+        report.show(sizes)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from buildtool.registry import Registry
+    from buildtool.release import rollback
+
+    fleet = _fleet(args)
+    plan = _plan(fleet, args)
+    registry = Registry(fleet.settings.registry, token=os.environ.get("FLEET_REGISTRY_TOKEN"))
+    repos = [s.repository for s in plan.steps if s.kind == "service"] if args.services or args.all else [s.repository for s in plan.steps]
+    for move in rollback(registry, fleet.settings.org, repos, os.environ):
+        console.print(f"{move.repository}:{move.tag} -> {move.digest}")
     return 0
 
 
@@ -101,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=locking.ENGINES, default="uv")
     p.set_defaults(func=cmd_lock)
 
+    p = sub.add_parser("build", help="build, verify, push and publish images")
+    _add_selection(p)
+    p.add_argument("--families-only", action="store_true", help="families only (default group: cpu)")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="images built at once")
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("report", help="print the last size report")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("rollback", help="point 'latest' back at 'prev' (or at FORCE_IMAGE_TAG)")
+    _add_selection(p)
+    p.set_defaults(func=cmd_rollback)
+
     p = sub.add_parser("plan", help="print the build plan")
     _add_selection(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -112,6 +219,8 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("services", nargs="*", help="services to build (with the families they need)")
     p.add_argument("--machine", action="append", default=[], help="only this machine (repeatable)")
     p.add_argument("--family", action="append", default=[], help="only this family and its ancestors (repeatable)")
+    p.add_argument("--group", action="append", default=[], help="families of this group: cpu, gpu, legacy (repeatable)")
+    p.add_argument("--gpu", dest="group", action="append_const", const="gpu", help="same as --group gpu")
     p.add_argument("--all", action="store_true", help="every service")
 
 

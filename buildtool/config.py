@@ -70,7 +70,13 @@ def _any(v: Any) -> tuple[Any, str | None]:
     return v, None
 
 
-SETTINGS_SCHEMA: dict[str, Checker] = {"registry": _str, "org": _str, "suite_python": _env, "ignore": _strlist}
+SETTINGS_SCHEMA: dict[str, Checker] = {
+    "registry": _str,
+    "org": _str,
+    "suite_python": _env,
+    "ignore": _strlist,
+    "source_date_epoch": _int(0, 2**32),
+}
 SERVICE_DEFAULTS_SCHEMA: dict[str, Checker] = {"source": _str, "entrypoint": _strlist}
 FLEET_SCHEMA: dict[str, Checker] = {"settings": _any, "service_defaults": _any}
 MACHINE_SCHEMA: dict[str, Checker] = {
@@ -96,6 +102,7 @@ FAMILY_SCHEMA: dict[str, Checker] = {
     "smoke": _any,
     "budget_mb": _int(1, 100_000),
     "vram_gb": _int(0, 1024),
+    "group": _str,
 }
 SERVICE_SCHEMA: dict[str, Checker] = {
     "family": _str,
@@ -216,6 +223,7 @@ def _read_settings(c: _Collector, env: Mapping[str, str]) -> tuple[Settings, dic
         org=env.get("FLEET_ORG") or s.get("org", "fleet"),
         suite_python=s.get("suite_python", (("bookworm", "3.11"),)),
         ignore=s.get("ignore", ()),
+        source_date_epoch=s.get("source_date_epoch", 0),
     )
     if "source" in d:
         _source_path(c, file, "service_defaults.source", d["source"])
@@ -351,6 +359,7 @@ def _read_families(c: _Collector, settings: Settings) -> dict[str, Family]:
             smoke=_read_smoke(c, file, data.get("smoke", [])),
             budget_mb=v.get("budget_mb", parent.budget_mb if parent else 100),
             vram_gb=v.get("vram_gb", parent.vram_gb if parent else 0),
+            group=v.get("group", parent.group if parent and parent.group != "cpu" else ("gpu" if gpu else "cpu")),
         )
     return families
 

@@ -51,6 +51,7 @@ class Family:
     smoke: tuple[SmokeCheck, ...]
     budget_mb: int
     vram_gb: int
+    group: str  # selection group for build_families: "cpu", "gpu", "legacy", ...
 
     @property
     def has_python_deps(self) -> bool:
@@ -109,6 +110,7 @@ class Settings:
     org: str
     suite_python: Pairs  # Debian suite -> Python version it ships
     ignore: tuple[str, ...]  # patterns excluded from every build context
+    source_date_epoch: int  # timestamps inside images, for reproducible builds
 
 
 @dataclass(frozen=True, kw_only=True)

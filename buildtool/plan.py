@@ -103,6 +103,7 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
     identity = _sha(
         {
             "v": IDENTITY_VERSION,
+            "epoch": fleet.settings.source_date_epoch,
             "kind": "family",
             "name": family.name,
             "machine": machine if specific else None,
@@ -134,6 +135,7 @@ def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Ste
     identity = _sha(
         {
             "v": IDENTITY_VERSION,
+            "epoch": fleet.settings.source_date_epoch,
             "kind": "service",
             "name": service.name,
             "machine": machine,
@@ -174,18 +176,22 @@ def make_plan(
     *,
     machines: Iterable[str] = (),
     families: Iterable[str] = (),
+    groups: Iterable[str] = (),
     services: Iterable[str] = (),
     all_families: bool = False,
     all_services: bool = False,
 ) -> Plan:
     """Order the selected images: families parents-first, then services, for each selected machine.
 
-    With no selection at all, every family is planned. Families named (or needed by a named
+    With no selection at all, every family is planned. ``groups`` selects families by group. Families named (or needed by a named
     service) pull in their ancestors, nothing else.
     """
     machines, families, services = list(machines), list(families), list(services)
     _check_names("machine", machines, fleet.machines)
     _check_names("family", families, fleet.families)
+    groups = list(groups)
+    _check_names("family group", groups, {f.group for f in fleet.families.values()})
+    families += [f.name for f in fleet.families.values() if f.group in groups]
     _check_names("service", services, fleet.services)
     machine_names = tuple(machines) or tuple(fleet.machines)
     if all_services:

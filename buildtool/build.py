@@ -1,0 +1,201 @@
+"""The executor: build, verify and push each planned image, then publish all tags at once.
+
+Steps run as soon as their parent is done, up to ``jobs`` at a time. An image whose identity
+tag is already in the registry is skipped: it was built and verified before (an identity tag is
+pushed only after its image passed verification). Release tags move only when every step of
+the run succeeded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from buildtool.docker import Docker
+from buildtool.errors import BuildError, ToolError, VerifyError
+from buildtool.plan import Plan, Step
+from buildtool.progress import Progress
+from buildtool.registry import Registry
+
+APP_USER = "10001:10001"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    registry: str
+    org: str
+    state_dir: Path  # contexts, logs, root filesystems, size records
+    ca_bundle: Path  # reaches builds only as the BuildKit secret "pip_ca"
+    source_date_epoch: int
+    jobs: int = 2
+    health_timeout: float = 120
+    revision: str = ""
+
+    def ref(self, step: Step, tag: str | None = None) -> str:
+        return f"{self.registry}/{self.org}/{step.repository}:{tag or step.id_tag}"
+
+    def cache_ref(self, step: Step) -> str:
+        return f"{self.registry}/{self.org}/cache:{step.repository}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    key: str
+    repository: str
+    status: str  # built | cached | failed | blocked
+    digest: str = ""
+    seconds: float = 0.0
+    message: str = ""
+
+
+Bootstrapper = Callable[..., Path]
+
+
+class Executor:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        options: Options,
+        docker: Docker,
+        registry: Registry,
+        progress: Progress,
+        bootstrap: Bootstrapper | None = None,
+    ) -> None:
+        self.plan = plan
+        self.options = options
+        self.docker = docker
+        self.registry = registry
+        self.progress = progress
+        self.bootstrap = bootstrap
+        self.results: dict[str, Result] = {}
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def run(self) -> list[Result]:
+        pending = list(self.plan.steps)
+        running: dict[Future[Result], Step] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.options.jobs)) as pool:
+            while pending or running:
+                for step in list(pending):
+                    parent = self.results.get(step.parent) if step.parent else None
+                    if step.parent and parent is None:
+                        continue
+                    pending.remove(step)
+                    if parent is not None and parent.status in ("failed", "blocked"):
+                        self._finish(Result(key=step.key, repository=step.repository, status="blocked", message=f"{parent.repository} failed"))
+                        continue
+                    running[pool.submit(self._guarded, step, parent)] = step
+                if not running:
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    self._finish(future.result())
+        return [self.results[s.key] for s in self.plan.steps]
+
+    def _finish(self, result: Result) -> None:
+        self.results[result.key] = result
+        self.progress.update(result.key, result.status, result.message.splitlines()[0] if result.message else "")
+
+    def _guarded(self, step: Step, parent: Result | None) -> Result:
+        start = time.monotonic()
+        try:
+            status, digest = self._step(step, parent)
+            return Result(key=step.key, repository=step.repository, status=status, digest=digest, seconds=time.monotonic() - start)
+        except ToolError as exc:
+            return Result(key=step.key, repository=step.repository, status="failed", seconds=time.monotonic() - start, message=exc.message)
+
+    # -- one image --------------------------------------------------------------------------
+
+    def _step(self, step: Step, parent: Result | None) -> tuple[str, str]:
+        o = self.options
+        repo = f"{o.org}/{step.repository}"
+        self.progress.update(step.key, "checking")
+        digest = self.registry.digest(repo, step.id_tag)
+        if digest:
+            return "cached", digest
+
+        self.progress.update(step.key, "building")
+        context = self._context(step)
+        args = {"SOURCE_DATE_EPOCH": str(o.source_date_epoch)}
+        if parent is not None:
+            parent_step = self.plan.step(step.parent)
+            arg = "FAMILY_IMAGE" if step.kind == "service" else "PARENT_IMAGE"
+            args[arg] = f"{o.registry}/{o.org}/{parent_step.repository}@{parent.digest}"
+        labels = {"fleet.identity": step.identity}
+        if o.revision:
+            labels["org.opencontainers.image.revision"] = o.revision
+        ref = o.ref(step)
+        log = o.state_dir / "logs" / f"{step.repository}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.docker.build(
+            context=context,
+            tag=ref,
+            build_args=args,
+            secrets=[f"id=pip_ca,src={o.ca_bundle}"],
+            cache_ref=o.cache_ref(step),
+            labels=labels,
+            log=log,
+        )
+        self.progress.update(step.key, "verifying")
+        size = self.verify(step, ref)
+        self.progress.update(step.key, "pushing")
+        self.docker.push(ref)
+        digest = self.registry.digest(repo, step.id_tag)
+        if not digest:
+            raise BuildError(f"{ref} was pushed but the registry does not show it")
+        record_size(o.state_dir, step, uncompressed=size)
+        return "built", digest
+
+    def _context(self, step: Step) -> Path:
+        context = self.options.state_dir / "contexts" / step.repository
+        shutil.rmtree(context, ignore_errors=True)
+        step.rendered.write(context)
+        if step.root is not None and step.root.source == "bootstrap":
+            if self.bootstrap is None:
+                raise BuildError(f"{step.name} needs a bootstrapped root filesystem, but no bootstrapper is configured")
+            spec = hashlib.sha256(json.dumps([step.root.suite, list(step.root.packages), self.options.source_date_epoch]).encode()).hexdigest()[:16]
+            tar = self.options.state_dir / "rootfs" / f"{step.root.suite}-{spec}.tar"
+            tar.parent.mkdir(parents=True, exist_ok=True)
+            self.bootstrap(suite=step.root.suite, packages=list(step.root.packages), out=tar, source_date_epoch=self.options.source_date_epoch)
+            os.link(tar, context / "rootfs.tar")
+        return context
+
+    def verify(self, step: Step, ref: str) -> int:
+        """Checks before anything is pushed: non-root user, smoke checks of the whole lineage, health."""
+        user, size = self.docker.image_user_and_size(ref)
+        if user != APP_USER:
+            raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
+        for check in step.smoke:
+            ok, output = self.docker.run_check(ref, check.run)
+            if not ok:
+                raise VerifyError(f"{step.repository}: smoke check {check.name!r} failed:\n{output}")
+        if step.kind == "service":
+            self.docker.wait_healthy(ref, name=f"fleet-verify-{step.repository}-{os.getpid()}", timeout=self.options.health_timeout)
+        return size
+
+
+def record_size(state_dir: Path, step: Step, *, uncompressed: int) -> None:
+    """Remember the uncompressed size by identity, for reports of later runs that skip the build."""
+    path = state_dir / "sizes" / f"{step.identity}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"repository": step.repository, "uncompressed": uncompressed}))
+
+
+def summarize(results: list[Result]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
+
+
+def results_json(results: list[Result]) -> list[dict[str, object]]:
+    return [asdict(r) for r in results]

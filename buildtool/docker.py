@@ -1,0 +1,108 @@
+"""The engine operations the executor needs, through python-on-whales. Tests replace this class."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from python_on_whales import DockerClient
+from python_on_whales.exceptions import DockerException
+
+from buildtool.errors import BuildError, VerifyError
+
+# Every container the toolkit starts is sealed off: no network, read-only root, no privileges.
+HARDENED = {
+    "networks": ["none"],
+    "read_only": True,
+    "tmpfs": ["/tmp"],
+    "cap_drop": ["ALL"],
+    "security_options": ["no-new-privileges"],
+}
+
+
+def _tail(exc: DockerException, lines: int = 30) -> str:
+    text = (exc.stderr or "") + (exc.stdout or "")
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class Docker:
+    def __init__(self, client: DockerClient | None = None) -> None:
+        self.client = client or DockerClient()
+
+    def build(
+        self,
+        *,
+        context: Path,
+        tag: str,
+        build_args: Mapping[str, str],
+        secrets: Sequence[str],
+        cache_ref: str,
+        labels: Mapping[str, str],
+        log: Path,
+    ) -> None:
+        """Build into the engine's image store (not pushed: images are pushed after verification)."""
+        try:
+            stream = self.client.buildx.build(
+                context,
+                file=context / "Dockerfile",
+                tags=[tag],
+                build_args=dict(build_args),
+                secrets=list(secrets),
+                network="host",
+                cache_from=f"type=registry,ref={cache_ref}",
+                cache_to=f"type=registry,ref={cache_ref},mode=max,ignore-error=true",
+                labels=dict(labels),
+                load=True,
+                provenance=False,
+                progress="plain",
+                stream_logs=True,
+            )
+            with log.open("w", encoding="utf-8") as fh:
+                for line in stream:
+                    fh.write(line)
+        except DockerException as exc:
+            raise BuildError(f"build of {tag} failed (log: {log}):\n{_tail(exc) or log.read_text()[-3000:]}") from exc
+
+    def push(self, ref: str) -> None:
+        try:
+            self.client.image.push(ref, quiet=True)
+        except DockerException as exc:
+            raise BuildError(f"push of {ref} failed:\n{_tail(exc)}") from exc
+
+    def pull(self, ref: str) -> None:
+        self.client.image.pull(ref, quiet=True)
+
+    def image_user_and_size(self, ref: str) -> tuple[str, int]:
+        image = self.client.image.inspect(ref)
+        return image.config.user or "", int(image.size or 0)
+
+    def has_image(self, ref: str) -> bool:
+        return self.client.image.exists(ref)
+
+    def run_check(self, ref: str, argv: Sequence[str]) -> tuple[bool, str]:
+        """Run ``argv`` in a throwaway hardened container; return (passed, output)."""
+        try:
+            out = self.client.run(ref, list(argv), remove=True, **HARDENED)
+            return True, str(out)
+        except DockerException as exc:
+            return False, _tail(exc)
+
+    def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None:
+        """Start the image as a hardened container and wait for its own HEALTHCHECK to say healthy."""
+        container = self.client.run(ref, detach=True, name=name, **HARDENED)
+        try:
+            deadline = time.monotonic() + timeout
+            status = "starting"
+            while time.monotonic() < deadline:
+                state = self.client.container.inspect(container).state
+                status = state.health.status if state.health else "no healthcheck"
+                if status == "healthy":
+                    return
+                if not state.running or status in ("unhealthy", "no healthcheck"):
+                    break
+                time.sleep(1)
+            logs = self.client.container.logs(container, tail=30)
+            raise VerifyError(f"{ref} did not become healthy (status: {status}); container logs:\n{logs}")
+        finally:
+            self.client.container.remove(container, force=True)

@@ -1,0 +1,124 @@
+"""Image size report: compressed (registry layer blobs) and uncompressed sizes, largest layers,
+change against the previous release, and the family budget. Terminal table, Markdown and JSON."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from buildtool.console import console, step_summary
+from buildtool.plan import Plan
+from buildtool.registry import Registry
+from buildtool.release import PREVIOUS
+
+MB = 1_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    size: int
+    created_by: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSize:
+    repository: str
+    machine: str
+    status: str
+    compressed: int
+    uncompressed: int | None
+    budget_mb: int
+    prev_compressed: int | None
+    largest: list[Layer] = field(default_factory=list)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.compressed > self.budget_mb * MB
+
+    @property
+    def delta(self) -> int | None:
+        return None if self.prev_compressed is None else self.compressed - self.prev_compressed
+
+
+def _layers(registry: Registry, repo: str, ref: str) -> list[Layer]:
+    sizes = registry.layer_sizes(repo, ref)
+    history = [h for h in registry.config(repo, ref).get("history", []) if not h.get("empty_layer")]
+    cmds = [h.get("created_by", "") for h in history] if len(history) == len(sizes) else [""] * len(sizes)
+    return [Layer(size=s, created_by=" ".join(c.replace("/bin/sh -c ", "").split())[:90]) for s, c in zip(sizes, cmds, strict=True)]
+
+
+def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
+    out = []
+    for step in plan.steps:
+        repo = f"{org}/{step.repository}"
+        layers = _layers(registry, repo, step.id_tag)
+        if not layers:
+            continue  # not in the registry (failed or never built)
+        record = state_dir / "sizes" / f"{step.identity}.json"
+        uncompressed = json.loads(record.read_text())["uncompressed"] if record.is_file() else None
+        prev = registry.layer_sizes(repo, PREVIOUS)
+        out.append(
+            ImageSize(
+                repository=step.repository,
+                machine=step.machine or "any",
+                status=statuses.get(step.key, ""),
+                compressed=sum(layer.size for layer in layers),
+                uncompressed=uncompressed,
+                budget_mb=step.budget_mb,
+                prev_compressed=sum(prev) if prev else None,
+                largest=sorted(layers, key=lambda layer: -layer.size)[:3],
+            )
+        )
+    return out
+
+
+def _mb(n: int | None) -> str:
+    return "?" if n is None else f"{n / MB:.1f}"
+
+
+def _delta(n: int | None) -> str:
+    return "new" if n is None else f"{n / MB:+.1f}"
+
+
+def markdown(sizes: list[ImageSize]) -> str:
+    lines = [
+        "| image | machine | status | compressed MB | uncompressed MB | vs prev MB | budget MB | largest layer |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    for s in sizes:
+        budget = f"{s.budget_mb}{' **OVER**' if s.over_budget else ''}"
+        top = f"{_mb(s.largest[0].size)} MB `{s.largest[0].created_by[:50]}`" if s.largest else ""
+        lines.append(f"| {s.repository} | {s.machine} | {s.status} | {_mb(s.compressed)} | {_mb(s.uncompressed)} | {_delta(s.delta)} | {budget} | {top} |")
+    return "\n".join(lines) + "\n"
+
+
+def table(sizes: list[ImageSize]) -> Table:
+    t = Table(title="image sizes (MB; compressed = sum of layer blobs in the registry)")
+    for col in ("image", "machine", "status", "compressed", "uncompressed", "vs prev", "budget", "largest layers"):
+        t.add_column(col, justify="right" if col in ("compressed", "uncompressed", "vs prev", "budget") else "left")
+    for s in sizes:
+        budget = f"[red]{s.budget_mb} OVER[/]" if s.over_budget else str(s.budget_mb)
+        top = "; ".join(f"{_mb(layer.size)} {layer.created_by[:40]}" for layer in s.largest[:2])
+        t.add_row(s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, top)
+    return t
+
+
+def write(sizes: list[ImageSize], state_dir: Path) -> Path:
+    reports = state_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "sizes.json").write_text(json.dumps([asdict(s) for s in sizes], indent=2))
+    (reports / "sizes.md").write_text(markdown(sizes))
+    return reports
+
+
+def show(sizes: list[ImageSize]) -> None:
+    console.print(table(sizes))
+    step_summary("## Image sizes\n\n" + markdown(sizes))
+
+
+def load(state_dir: Path) -> list[ImageSize]:
+    data = json.loads((state_dir / "reports" / "sizes.json").read_text())
+    return [ImageSize(**{**d, "largest": [Layer(**layer) for layer in d["largest"]]}) for d in data]
