@@ -176,6 +176,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_matrix(args: argparse.Namespace) -> int:
+    """The GitHub Actions matrix: one entry per family group x machine that has something to build."""
+    fleet = _fleet(args)
+    include = []
+    for group in sorted({f.group for f in fleet.families.values()}):
+        for machine in fleet.machines:
+            plan = make_plan(fleet, machines=[machine], groups=[group])
+            include.append({"group": group, "machine": machine, "images": len(plan.steps)})
+    print(json.dumps({"include": include}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="buildtool", description="Build the fleet's container images.")
     parser.add_argument("--root", default=str(REPO), help="repository root holding fleet.toml (default: this checkout)")
@@ -207,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="point 'latest' back at 'prev' (or at FORCE_IMAGE_TAG)")
     _add_selection(p)
     p.set_defaults(func=cmd_rollback)
+
+    sub.add_parser("matrix", help="print the CI matrix (family group x machine) as JSON").set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("plan", help="print the build plan")
     _add_selection(p)

@@ -1,0 +1,165 @@
+"""Real builds: the CPU family chain and services, built by BuildKit into the local registry.
+
+One run builds base-python -> base-utils -> base-cpu-pydeps -> family-web and ServiceRegistry
+under a fresh registry org, verifies them (smoke checks, health under --network=none), and
+publishes tags. The tests below read that run, then change the fleet and build again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from python_on_whales import docker
+
+from buildtool.__main__ import main
+from buildtool.docker import HARDENED
+from buildtool.errors import BuildError
+from buildtool.registry import Registry
+from tests.conftest import FLEET_PARTS, REPO
+
+pytestmark = pytest.mark.engine
+
+ADDRESS = "127.0.0.1:5000"
+SERVICE = "ServiceRegistry"
+CHAIN = ["base-python", "base-utils", "base-cpu-pydeps", "family-web", "service-registry-mainpc"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory):
+    """A copy of the fleet, its own registry org and state dir, and the first real build."""
+    root = tmp_path_factory.mktemp("fleet")
+    for part in FLEET_PARTS:
+        src = REPO / part
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / part)
+    # A service with its own code, so a one-file change touches exactly one image.
+    shutil.copytree(REPO / "agents" / "reference_agent", root / "agents" / "own_agent")
+    svc = root / "services" / f"{SERVICE}.toml"
+    svc.write_text(svc.read_text() + 'source = "agents/own_agent"\n')
+    state = Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
+    values = {
+        "FLEET_ORG": f"test-{int(time.time())}-{os.getpid()}",
+        "FLEET_STATE_DIR": str(state),
+        "FORCE_IMAGE_TAG": "release-1",
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    code = main(["--root", str(root), "build", SERVICE])
+    yield {"root": root, "org": values["FLEET_ORG"], "state": state, "first_code": code}
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def last_run(env) -> dict[str, str]:
+    data = json.loads((env["state"] / "reports" / "last-run.json").read_text())
+    return {r["repository"]: r["status"] for r in data["results"]}
+
+
+def tags(env, tag: str) -> dict[str, str | None]:
+    reg = Registry(ADDRESS)
+    return {repo: reg.digest(f"{env['org']}/{repo}", tag) for repo in CHAIN}
+
+
+def build(env, *args: str, tag: str) -> int:
+    os.environ["FORCE_IMAGE_TAG"] = tag
+    return main(["--root", str(env["root"]), "build", *args])
+
+
+def test_first_build_builds_the_chain_and_publishes(env) -> None:
+    assert env["first_code"] == 0
+    assert last_run(env) == {repo: "built" for repo in CHAIN}
+    released = tags(env, "release-1")
+    assert all(released.values())
+    assert tags(env, "latest") == released
+
+
+def test_service_image_runs_healthy_as_10001(env) -> None:
+    ref = f"{ADDRESS}/{env['org']}/service-registry-mainpc:latest"
+    image = docker.image.inspect(ref)
+    assert image.config.user == "10001:10001"
+    container = docker.run(ref, detach=True, **HARDENED)
+    try:
+        for _ in range(60):
+            state = docker.container.inspect(container).state
+            if state.health and state.health.status == "healthy":
+                break
+            time.sleep(1)
+        assert state.health.status == "healthy"
+        body = docker.container.execute(container, ["python", "-c", "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8200/health').read().decode())"])
+        assert json.loads(body) == {"status": "ok"}
+        assert docker.container.execute(container, ["id", "-u"]).strip() == "10001"
+        profile = json.loads(docker.container.execute(container, ["cat", "/etc/machine-profile.json"]))
+        assert profile["MACHINE"] == "mainpc" and profile["UVICORN_WORKERS"] == "32"
+    finally:
+        docker.container.remove(container, force=True)
+
+
+def test_ca_bundle_is_not_in_any_layer(env) -> None:
+    host = hashlib.sha256(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()).hexdigest()
+    ref = f"{ADDRESS}/{env['org']}/family-web:latest"
+    out = docker.run(
+        ref,
+        ["sh", "-c", "ls /run/secrets 2>/dev/null; find / -xdev -name '*.crt' -type f -exec sha256sum {} + 2>/dev/null"],
+        remove=True,
+        **HARDENED,
+    )
+    assert host not in out
+    assert "pip_ca" not in out
+
+
+def test_second_identical_run_builds_nothing(env) -> None:
+    before = tags(env, "latest")
+    assert build(env, SERVICE, tag="release-1") == 0
+    assert set(last_run(env).values()) == {"cached"}
+    assert tags(env, "latest") == before
+
+
+def test_one_file_code_change_rebuilds_one_image(env) -> None:
+    agent = env["root"] / "agents" / "own_agent" / "agent.py"
+    agent.write_text(agent.read_text() + "\n# change\n")
+    before = tags(env, "latest")
+    assert build(env, SERVICE, tag="release-2") == 0
+    statuses = last_run(env)
+    assert [r for r, s in statuses.items() if s == "built"] == ["service-registry-mainpc"]
+    after = tags(env, "latest")
+    assert after["service-registry-mainpc"] != before["service-registry-mainpc"]
+    assert {k: v for k, v in after.items() if k != "service-registry-mainpc"} == {k: v for k, v in before.items() if k != "service-registry-mainpc"}
+    assert tags(env, "prev")["service-registry-mainpc"] == before["service-registry-mainpc"]
+
+
+def test_a_failing_image_moves_no_tag(env) -> None:
+    # One image that breaks its smoke check, and one good change in the same run.
+    fam = env["root"] / "families" / "family-web.toml"
+    fam.write_text(fam.read_text() + '\n[[smoke]]\nname = "deliberately failing"\nrun = ["python", "-c", "raise SystemExit(3)"]\n')
+    agent = env["root"] / "agents" / "own_agent" / "agent.py"
+    agent.write_text(agent.read_text() + "\n# another change\n")
+    before = {tag: tags(env, tag) for tag in ("latest", "prev")}
+    assert build(env, SERVICE, tag="release-3") == BuildError.exit_code
+    statuses = last_run(env)
+    assert statuses["family-web"] == "failed" and statuses["service-registry-mainpc"] == "blocked"
+    assert {tag: tags(env, tag) for tag in ("latest", "prev")} == before
+    assert not any(tags(env, "release-3").values())
+    fam.write_text(fam.read_text().split("\n[[smoke]]\nname = \"deliberately failing\"")[0] + "\n")
+
+
+def test_rollback_points_latest_at_prev(env) -> None:
+    before = tags(env, "latest")
+    prev = tags(env, "prev")
+    assert main(["--root", str(env["root"]), "rollback", SERVICE]) == 0
+    assert tags(env, "latest")["service-registry-mainpc"] == prev["service-registry-mainpc"]
+    assert tags(env, "prev")["service-registry-mainpc"] == before["service-registry-mainpc"]
+
+
+def test_size_report_lists_every_image(env) -> None:
+    data = json.loads((env["state"] / "reports" / "sizes.json").read_text())
+    assert {d["repository"] for d in data} == set(CHAIN)
+    for d in data:
+        assert d["compressed"] > 0 and d["largest"]

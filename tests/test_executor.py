@@ -1,0 +1,176 @@
+"""Executor and release logic with an in-memory engine and registry (the real ones: tests/engine)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from buildtool.build import Executor, Options
+from buildtool.config import load_fleet
+from buildtool.errors import BuildError, UsageError
+from buildtool.plan import make_plan
+from buildtool.progress import Progress
+from buildtool.registry import Manifest
+from buildtool.release import publish, rollback
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.tags: dict[tuple[str, str], Manifest] = {}
+
+    def add(self, repo: str, tag: str, content: str) -> Manifest:
+        body = content.encode()
+        m = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type="application/vnd.oci.image.manifest.v1+json", body=body)
+        self.tags[(repo, tag)] = m
+        return m
+
+    def digest(self, repo: str, ref: str) -> str | None:
+        m = self.tags.get((repo, ref))
+        return m.digest if m else None
+
+    def manifest(self, repo: str, ref: str) -> Manifest | None:
+        return self.tags.get((repo, ref))
+
+    def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> None:
+        self.tags[(repo, tag)] = manifest
+
+
+class FakeDocker:
+    """Records builds; 'pushes' by adding the id tag to the fake registry."""
+
+    def __init__(self, registry: FakeRegistry, *, fail: set[str] = frozenset(), user: str = "10001:10001") -> None:
+        self.registry = registry
+        self.fail = fail
+        self.user = user
+        self.builds: list[tuple[str, dict[str, str], list[str]]] = []
+        self.checks: list[tuple[str, tuple[str, ...]]] = []
+        self.healthy: list[str] = []
+
+    def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log) -> None:
+        assert (context / "Dockerfile").is_file()
+        self.builds.append((tag, dict(build_args), list(secrets)))
+        if any(f"/{name}:" in tag for name in self.fail):
+            raise BuildError(f"build of {tag} failed")
+
+    def image_user_and_size(self, ref: str) -> tuple[str, int]:
+        return self.user, 1000
+
+    def run_check(self, ref: str, argv) -> tuple[bool, str]:
+        self.checks.append((ref, tuple(argv)))
+        return True, ""
+
+    def wait_healthy(self, ref: str, name: str, timeout: float) -> None:
+        self.healthy.append(ref)
+
+    def push(self, ref: str) -> None:
+        repo_tag = ref.split("/", 1)[1]
+        repo, tag = repo_tag.rsplit(":", 1)
+        self.registry.add(repo, tag, ref)
+
+
+def run(fleet_dir: Path, tmp_path: Path, registry: FakeRegistry, docker: FakeDocker, **selection):
+    fleet = load_fleet(fleet_dir)
+    plan = make_plan(fleet, **selection)
+    options = Options(registry="127.0.0.1:5000", org="fleet", state_dir=tmp_path / "state", ca_bundle=Path("/ca.crt"), source_date_epoch=0, jobs=2)
+
+    def bootstrap(*, out: Path, **kwargs) -> Path:
+        out.write_bytes(b"rootfs")
+        return out
+
+    with Progress([(s.key, s.repository) for s in plan.steps], live=False) as progress:
+        results = Executor(plan, options=options, docker=docker, registry=registry, progress=progress, bootstrap=bootstrap).run()
+    return plan, {r.key: r for r in results}
+
+
+def test_builds_parents_first_and_passes_parent_digests(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    plan, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
+    assert [r.status for r in results.values()] == ["built"] * 5
+    tags = [b[0] for b in docker.builds]
+    assert tags[0].startswith("127.0.0.1:5000/fleet/base-python:id-")
+    web = next(b for b in docker.builds if "/family-web:" in b[0])
+    parent = results["family:base-cpu-pydeps"]
+    assert web[1]["PARENT_IMAGE"] == f"127.0.0.1:5000/fleet/base-cpu-pydeps@{parent.digest}"
+    svc = docker.builds[-1]
+    assert svc[1]["FAMILY_IMAGE"].endswith(f"/family-web@{results['family:family-web'].digest}")
+    assert all(b[2] == ["id=pip_ca,src=/ca.crt"] for b in docker.builds)
+    assert docker.healthy == [tags[-1]]
+
+
+def test_service_runs_the_smoke_checks_of_its_whole_lineage(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
+    fleet = load_fleet(fleet_dir)
+    expected = [c.run for f in fleet.lineage("family-web") for c in f.smoke]
+    svc_checks = [argv for ref, argv in docker.checks if "/service-registry-mainpc:" in ref]
+    assert svc_checks == expected
+
+
+def test_second_run_with_nothing_changed_builds_nothing(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    run(fleet_dir, tmp_path, registry, FakeDocker(registry), services=["ServiceRegistry"])
+    docker = FakeDocker(registry)
+    _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
+    assert docker.builds == []
+    assert {r.status for r in results.values()} == {"cached"}
+
+
+def test_failure_blocks_descendants_only(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry, fail={"base-cpu-pydeps"})
+    _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry", "IntentionValidatorAgent"])
+    assert results["family:base-cpu-pydeps"].status == "failed"
+    assert results["family:family-web"].status == "blocked"
+    assert results["service:ServiceRegistry@mainpc"].status == "blocked"
+    assert results["service:IntentionValidatorAgent@mainpc"].status == "built"
+    # Nothing failed was pushed.
+    assert not any(repo == "fleet/base-cpu-pydeps" for repo, _ in registry.tags)
+
+
+def test_root_user_fails_verification_and_is_not_pushed(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    _, results = run(fleet_dir, tmp_path, registry, FakeDocker(registry, user=""), families=["base-python"])
+    assert results["family:base-python"].status == "failed"
+    assert "must be 10001:10001" in results["family:base-python"].message
+    assert registry.tags == {}
+
+
+def test_publish_moves_latest_and_prev() -> None:
+    registry = FakeRegistry()
+    old = registry.add("fleet/a", "id-1", "one")
+    new = registry.add("fleet/a", "id-2", "two")
+    publish(registry, "fleet", {"a": "id-1"}, "20261121-aaaaaaa")
+    publish(registry, "fleet", {"a": "id-2"}, "20261122-bbbbbbb")
+    assert registry.digest("fleet/a", "latest") == new.digest
+    assert registry.digest("fleet/a", "prev") == old.digest
+    assert registry.digest("fleet/a", "20261121-aaaaaaa") == old.digest
+    # Publishing the same images again moves nothing.
+    publish(registry, "fleet", {"a": "id-2"}, "20261122-bbbbbbb")
+    assert registry.digest("fleet/a", "prev") == old.digest
+
+
+def test_publish_reads_everything_before_moving_anything() -> None:
+    registry = FakeRegistry()
+    registry.add("fleet/a", "id-1", "one")
+    with pytest.raises(Exception, match="nothing was published"):
+        publish(registry, "fleet", {"a": "id-1", "b": "id-missing"}, "t")
+    assert ("fleet/a", "t") not in registry.tags and ("fleet/a", "latest") not in registry.tags
+
+
+def test_rollback_swaps_and_honours_force_image_tag() -> None:
+    registry = FakeRegistry()
+    one = registry.add("fleet/a", "id-1", "one")
+    two = registry.add("fleet/a", "id-2", "two")
+    publish(registry, "fleet", {"a": "id-1"}, "r1")
+    publish(registry, "fleet", {"a": "id-2"}, "r2")
+    rollback(registry, "fleet", ["a"], {})
+    assert registry.digest("fleet/a", "latest") == one.digest
+    assert registry.digest("fleet/a", "prev") == two.digest
+    rollback(registry, "fleet", ["a"], {"FORCE_IMAGE_TAG": "r2"})
+    assert registry.digest("fleet/a", "latest") == two.digest
+    with pytest.raises(UsageError, match="does not exist"):
+        rollback(registry, "fleet", ["a"], {"FORCE_IMAGE_TAG": "nope"})
