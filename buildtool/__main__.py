@@ -17,12 +17,11 @@ from buildtool.config import load_fleet
 from buildtool.console import console, error
 from buildtool.errors import BuildError, ConfigError, LockError, ToolError, UsageError
 from buildtool.plan import make_plan
-from buildtool.render import lock_path
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _fleet(args: argparse.Namespace):  # noqa: ANN202
+def _fleet(args: argparse.Namespace):
     return load_fleet(Path(args.root), os.environ)
 
 
@@ -77,7 +76,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(fleet, args: argparse.Namespace):  # noqa: ANN001, ANN202
+def _plan(fleet, args: argparse.Namespace):
     return make_plan(
         fleet,
         machines=args.machine,

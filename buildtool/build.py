@@ -146,13 +146,12 @@ class Executor:
             log=log,
         )
         self.progress.update(step.key, "verifying")
-        size = self.verify(step, ref)
+        self.verify(step, ref)
         self.progress.update(step.key, "pushing")
         self.docker.push(ref)
         digest = self.registry.digest(repo, step.id_tag)
         if not digest:
             raise BuildError(f"{ref} was pushed but the registry does not show it")
-        record_size(o.state_dir, step, uncompressed=size)
         return "built", digest
 
     def _context(self, step: Step) -> Path:
@@ -169,9 +168,9 @@ class Executor:
             os.link(tar, context / "rootfs.tar")
         return context
 
-    def verify(self, step: Step, ref: str) -> int:
+    def verify(self, step: Step, ref: str) -> None:
         """Checks before anything is pushed: non-root user, smoke checks of the whole lineage, health."""
-        user, size = self.docker.image_user_and_size(ref)
+        user = self.docker.image_user(ref)
         if user != APP_USER:
             raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
         for check in step.smoke:
@@ -180,14 +179,6 @@ class Executor:
                 raise VerifyError(f"{step.repository}: smoke check {check.name!r} failed:\n{output}")
         if step.kind == "service":
             self.docker.wait_healthy(ref, name=f"fleet-verify-{step.repository}-{os.getpid()}", timeout=self.options.health_timeout)
-        return size
-
-
-def record_size(state_dir: Path, step: Step, *, uncompressed: int) -> None:
-    """Remember the uncompressed size by identity, for reports of later runs that skip the build."""
-    path = state_dir / "sizes" / f"{step.identity}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"repository": step.repository, "uncompressed": uncompressed}))
 
 
 def summarize(results: list[Result]) -> dict[str, int]:

@@ -307,7 +307,7 @@ def _read_families(c: _Collector, settings: Settings) -> dict[str, Family]:
         c.add("families/", "", "no family definitions found; add families/NAME.toml")
 
     # Parents: known, no cycles. Order parents before children.
-    for name, (file, v, _) in raw.items():
+    for file, v, _ in raw.values():
         parent = v.get("parent")
         if parent is not None and parent not in raw:
             c.add(file, "parent", f"unknown family {parent!r}; {_did_you_mean(parent, raw)}")

@@ -73,9 +73,8 @@ class Docker:
     def pull(self, ref: str) -> None:
         self.client.image.pull(ref, quiet=True)
 
-    def image_user_and_size(self, ref: str) -> tuple[str, int]:
-        image = self.client.image.inspect(ref)
-        return image.config.user or "", int(image.size or 0)
+    def image_user(self, ref: str) -> str:
+        return self.client.image.inspect(ref).config.user or ""
 
     def has_image(self, ref: str) -> bool:
         return self.client.image.exists(ref)

@@ -104,10 +104,10 @@ def start_detached(argv: list[str], logfile: Path) -> None:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting %s (log: %s)", " ".join(argv), logfile)
     with logfile.open("ab") as out:
-        subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)  # noqa: S603
+        subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def _wait(check, what: str, timeout: float, logfile: Path):  # noqa: ANN001, ANN202
+def _wait(check, what: str, timeout: float, logfile: Path):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
@@ -148,7 +148,7 @@ def _check_image_store() -> None:
 
 def _registry_up(address: str) -> bool:
     try:
-        with urllib.request.urlopen(f"http://{address}/v2/", timeout=2):  # noqa: S310 - loopback only
+        with urllib.request.urlopen(f"http://{address}/v2/", timeout=2):
             return True
     except OSError:
         return False

@@ -11,6 +11,7 @@ import ipaddress
 import json
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 
 from buildtool.errors import EngineError
@@ -54,12 +55,12 @@ class Registry:
         self.token = token
         self.timeout = timeout
 
-    def _request(self, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None):  # noqa: ANN202
+    def _request(self, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None):
         req = urllib.request.Request(f"{self.scheme}://{self.address}/v2/{path}", data=body, method=method, headers=headers or {})
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 - registry URL built above
+            return urllib.request.urlopen(req, timeout=self.timeout)
         except urllib.error.HTTPError as exc:
             if exc.code == 404:
                 return None
@@ -120,3 +121,15 @@ class Registry:
             return {}
         with resp:
             return json.loads(resp.read())
+
+    def uncompressed_size(self, repo: str, digest: str) -> int:
+        """Bytes of a layer blob once decompressed (gzip layers are streamed, not stored)."""
+        resp = self._request("GET", f"{repo}/blobs/{digest}")
+        if resp is None:
+            return 0
+        total = 0
+        inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
+        with resp:
+            while chunk := resp.read(1 << 20):
+                total += len(inflater.decompress(chunk))
+        return total + len(inflater.flush())

@@ -50,6 +50,19 @@ def _layers(registry: Registry, repo: str, ref: str) -> list[Layer]:
     return [Layer(size=s, created_by=" ".join(c.replace("/bin/sh -c ", "").split())[:90]) for s, c in zip(sizes, cmds, strict=True)]
 
 
+def _uncompressed(registry: Registry, repo: str, ref: str, cache_dir: Path) -> int:
+    """Sum of decompressed layer sizes; per-blob results are cached (blobs never change)."""
+    manifest = registry.image_manifest(repo, ref)
+    total = 0
+    for layer in manifest.data.get("layers", []) if manifest else []:
+        cached = cache_dir / layer["digest"].replace(":", "-")
+        if not cached.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            cached.write_text(str(registry.uncompressed_size(repo, layer["digest"])))
+        total += int(cached.read_text())
+    return total
+
+
 def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
     out = []
     for step in plan.steps:
@@ -57,8 +70,7 @@ def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, 
         layers = _layers(registry, repo, step.id_tag)
         if not layers:
             continue  # not in the registry (failed or never built)
-        record = state_dir / "sizes" / f"{step.identity}.json"
-        uncompressed = json.loads(record.read_text())["uncompressed"] if record.is_file() else None
+        uncompressed = _uncompressed(registry, repo, step.id_tag, state_dir / "blob-sizes")
         prev = registry.layer_sizes(repo, PREVIOUS)
         out.append(
             ImageSize(
@@ -96,14 +108,21 @@ def markdown(sizes: list[ImageSize]) -> str:
 
 
 def table(sizes: list[ImageSize]) -> Table:
-    t = Table(title="image sizes (MB; compressed = sum of layer blobs in the registry)")
-    for col in ("image", "machine", "status", "compressed", "uncompressed", "vs prev", "budget", "largest layers"):
-        t.add_column(col, justify="right" if col in ("compressed", "uncompressed", "vs prev", "budget") else "left")
+    t = Table(title="image sizes in MB (compressed: layer blobs in the registry)")
+    for col in ("image", "machine", "status", "compressed", "uncompressed", "vs prev", "budget"):
+        t.add_column(col, justify="right" if col in ("compressed", "uncompressed", "vs prev", "budget") else "left", no_wrap=True)
     for s in sizes:
         budget = f"[red]{s.budget_mb} OVER[/]" if s.over_budget else str(s.budget_mb)
-        top = "; ".join(f"{_mb(layer.size)} {layer.created_by[:40]}" for layer in s.largest[:2])
-        t.add_row(s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, top)
+        t.add_row(s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget)
     return t
+
+
+def largest_layers(sizes: list[ImageSize]) -> str:
+    lines = ["largest layers (compressed MB):"]
+    for s in sizes:
+        lines.append(f"  {s.repository} ({s.machine})")
+        lines += [f"    {_mb(layer.size):>8}  {layer.created_by[:100]}" for layer in s.largest]
+    return "\n".join(lines)
 
 
 def write(sizes: list[ImageSize], state_dir: Path) -> Path:
@@ -116,6 +135,7 @@ def write(sizes: list[ImageSize], state_dir: Path) -> Path:
 
 def show(sizes: list[ImageSize]) -> None:
     console.print(table(sizes))
+    console.print(largest_layers(sizes), markup=False)
     step_summary("## Image sizes\n\n" + markdown(sizes))
 
 

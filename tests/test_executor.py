@@ -54,8 +54,8 @@ class FakeDocker:
         if any(f"/{name}:" in tag for name in self.fail):
             raise BuildError(f"build of {tag} failed")
 
-    def image_user_and_size(self, ref: str) -> tuple[str, int]:
-        return self.user, 1000
+    def image_user(self, ref: str) -> str:
+        return self.user
 
     def run_check(self, ref: str, argv) -> tuple[bool, str]:
         self.checks.append((ref, tuple(argv)))
@@ -87,7 +87,7 @@ def run(fleet_dir: Path, tmp_path: Path, registry: FakeRegistry, docker: FakeDoc
 def test_builds_parents_first_and_passes_parent_digests(fleet_dir: Path, tmp_path: Path) -> None:
     registry = FakeRegistry()
     docker = FakeDocker(registry)
-    plan, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
+    _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
     assert [r.status for r in results.values()] == ["built"] * 5
     tags = [b[0] for b in docker.builds]
     assert tags[0].startswith("127.0.0.1:5000/fleet/base-python:id-")

@@ -33,7 +33,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         if self.server.role == "health":  # type: ignore[attr-defined]
             if self.path == "/health":
                 self._send(200, {"status": "ok"})
@@ -42,7 +42,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(200, {"service": os.environ.get("SERVICE_NAME", "unknown"), "profile": _profile()})
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature of the base class
+    def log_message(self, format: str, *args: object) -> None:
         if os.environ.get("AGENT_ACCESS_LOG"):
             super().log_message(format, *args)
 

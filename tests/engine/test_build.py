@@ -83,6 +83,7 @@ def test_first_build_builds_the_chain_and_publishes(env) -> None:
 
 def test_service_image_runs_healthy_as_10001(env) -> None:
     ref = f"{ADDRESS}/{env['org']}/service-registry-mainpc:latest"
+    docker.image.pull(ref, quiet=True)
     image = docker.image.inspect(ref)
     assert image.config.user == "10001:10001"
     container = docker.run(ref, detach=True, **HARDENED)
@@ -107,7 +108,7 @@ def test_ca_bundle_is_not_in_any_layer(env) -> None:
     ref = f"{ADDRESS}/{env['org']}/family-web:latest"
     out = docker.run(
         ref,
-        ["sh", "-c", "ls /run/secrets 2>/dev/null; find / -xdev -name '*.crt' -type f -exec sha256sum {} + 2>/dev/null"],
+        ["sh", "-c", "ls /run/secrets 2>/dev/null; find / -xdev -name '*.crt' -type f -exec sha256sum {} + 2>/dev/null; true"],
         remove=True,
         **HARDENED,
     )
@@ -151,11 +152,16 @@ def test_a_failing_image_moves_no_tag(env) -> None:
 
 
 def test_rollback_points_latest_at_prev(env) -> None:
+    os.environ.pop("FORCE_IMAGE_TAG", None)
     before = tags(env, "latest")
     prev = tags(env, "prev")
     assert main(["--root", str(env["root"]), "rollback", SERVICE]) == 0
     assert tags(env, "latest")["service-registry-mainpc"] == prev["service-registry-mainpc"]
     assert tags(env, "prev")["service-registry-mainpc"] == before["service-registry-mainpc"]
+    # A FORCE_IMAGE_TAG pin re-points latest at that release instead.
+    os.environ["FORCE_IMAGE_TAG"] = "release-2"
+    assert main(["--root", str(env["root"]), "rollback", SERVICE]) == 0
+    assert tags(env, "latest")["service-registry-mainpc"] == tags(env, "release-2")["service-registry-mainpc"]
 
 
 def test_size_report_lists_every_image(env) -> None:
