@@ -34,7 +34,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_render(args: argparse.Namespace) -> int:
     """Write every planned build context (Dockerfile, .dockerignore, generated files) under --out."""
     fleet = _fleet(args)
-    plan = make_plan(fleet, all_services=True)
+    plan = make_plan(fleet, all_families=True, all_services=True)
     out = Path(args.out)
     for step in plan.steps:
         dest = out / step.kind / step.repository

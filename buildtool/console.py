@@ -6,12 +6,13 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 
 IN_CI = bool(os.environ.get("CI"))
 IN_GITHUB = bool(os.environ.get("GITHUB_ACTIONS"))
 
 console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def interactive() -> bool:
@@ -20,7 +21,7 @@ def interactive() -> bool:
 
 
 def error(message: str, *, file: str | None = None) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}")
     if IN_GITHUB:
         loc = f" file={file}" if file else ""
         first = message.splitlines()[0] if message else ""
