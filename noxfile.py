@@ -106,3 +106,17 @@ def rollback(session: nox.Session) -> None:
     """Point `latest` back at `prev` (or FORCE_IMAGE_TAG) for the named services or families."""
     _install(session)
     _tool(session, "rollback")
+
+
+@nox.session(default=False)
+def bake(session: nox.Session) -> None:
+    """Write the plan as build/bake/docker-bake.json (default: CPU families) for `docker buildx bake`."""
+    _install(session)
+    _tool(session, "bake")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Measure no-op and one-change rebuilds against bake, and uv against pip-compile, in one run."""
+    _install(session)
+    _tool(session, "bench")

@@ -91,13 +91,39 @@ def _state_dir(args: argparse.Namespace) -> Path:
     return Path(os.environ.get("FLEET_STATE_DIR") or Path(args.root) / "build")
 
 
+def _options(fleet, args: argparse.Namespace, tag: str):
+    from buildtool import build
+
+    return build.Options(
+        registry=fleet.settings.registry,
+        org=fleet.settings.org,
+        state_dir=_state_dir(args),
+        ca_bundle=Path(os.environ.get("FLEET_PIP_CA", "/etc/ssl/certs/ca-certificates.crt")),
+        source_date_epoch=fleet.settings.source_date_epoch,
+        jobs=getattr(args, "jobs", 2),
+        revision=tag,
+    )
+
+
+def _bring_up(fleet, state: Path):
+    """Engine and registry up (started here when missing); returns the registry client."""
+    from buildtool import engine
+    from buildtool.registry import Registry, is_loopback
+
+    engine.ensure_engine(state_dir=state)
+    address = fleet.settings.registry
+    if is_loopback(address):
+        storage = Path(os.environ.get("FLEET_REGISTRY_STORAGE", "/var/lib/fleet-registry"))
+        engine.ensure_registry(address, storage_dir=storage, state_dir=state)
+    return Registry(address, token=os.environ.get("FLEET_REGISTRY_TOKEN"))
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     """Build, verify and push the selected images; publish release tags when every one succeeded."""
-    from buildtool import build, engine, report
+    from buildtool import build, report
     from buildtool.bootstrap import bootstrap_rootfs
     from buildtool.docker import Docker
     from buildtool.progress import Progress
-    from buildtool.registry import Registry, is_loopback
     from buildtool.release import publish, release_tag
 
     fleet = _fleet(args)
@@ -105,22 +131,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.group = ["cpu"]
     plan = _plan(fleet, args)
     state = _state_dir(args)
-    engine.ensure_engine(state_dir=state)
-    address = fleet.settings.registry
-    if is_loopback(address):
-        storage = Path(os.environ.get("FLEET_REGISTRY_STORAGE", "/var/lib/fleet-registry"))
-        engine.ensure_registry(address, storage_dir=storage, state_dir=state)
-    registry = Registry(address, token=os.environ.get("FLEET_REGISTRY_TOKEN"))
+    registry = _bring_up(fleet, state)
     tag = release_tag(fleet.root, os.environ)
-    options = build.Options(
-        registry=address,
-        org=fleet.settings.org,
-        state_dir=state,
-        ca_bundle=Path(os.environ.get("FLEET_PIP_CA", "/etc/ssl/certs/ca-certificates.crt")),
-        source_date_epoch=fleet.settings.source_date_epoch,
-        jobs=args.jobs,
-        revision=tag,
-    )
+    options = _options(fleet, args, tag)
     started = time.monotonic()
     with Progress((s.key, f"{s.repository}" + (f" ({s.machine})" if s.machine else "")) for s in plan.steps) as progress:
         results = build.Executor(plan, options=options, docker=Docker(), registry=registry, progress=progress, bootstrap=bootstrap_rootfs).run()
@@ -141,6 +154,37 @@ def cmd_build(args: argparse.Namespace) -> int:
     sizes = report.measure(plan, {r.key: r.status for r in results}, registry, fleet.settings.org, state)
     report.write(sizes, state)
     report.show(sizes)
+    return 0
+
+
+def cmd_bake(args: argparse.Namespace) -> int:
+    """Write the plan as docker-bake.json (with materialised contexts) for `docker buildx bake`."""
+    from buildtool import bake, build
+    from buildtool.bootstrap import bootstrap_rootfs
+
+    fleet = _fleet(args)
+    if not (args.family or args.group or args.services or args.all):
+        args.group = ["cpu"]
+    plan = _plan(fleet, args)
+    options = _options(fleet, args, "")
+    path = bake.write(plan, options, Path(args.out), bootstrap=lambda step: build.rootfs(step, options, bootstrap_rootfs))
+    console.print(f"wrote {path} ({len(plan.steps)} targets); build with: docker buildx bake -f {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from buildtool import bench
+
+    fleet = _fleet(args)
+    state = _state_dir(args) / "bench"
+    _bring_up(fleet, state)
+    saved = dict(os.environ)
+    try:
+        rows = bench.run_bench(Path(args.root), state, lock_all=args.lock_all)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    bench.show(rows)
     return 0
 
 
@@ -210,6 +254,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families-only", action="store_true", help="families only (default group: cpu)")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="images built at once")
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("bake", help="write the plan as a docker-bake.json")
+    _add_selection(p)
+    p.add_argument("--out", default=str(REPO / "build" / "bake"))
+    p.set_defaults(func=cmd_bake)
+
+    p = sub.add_parser("bench", help="measure no-op and one-change rebuilds and locking against baselines")
+    p.add_argument("--lock-all", action="store_true", help="lock the GPU families too (pip-compile takes minutes each)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("report", help="print the last size report")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")

@@ -161,11 +161,7 @@ class Executor:
         if step.root is not None and step.root.source == "bootstrap":
             if self.bootstrap is None:
                 raise BuildError(f"{step.name} needs a bootstrapped root filesystem, but no bootstrapper is configured")
-            spec = hashlib.sha256(json.dumps([step.root.suite, list(step.root.packages), self.options.source_date_epoch]).encode()).hexdigest()[:16]
-            tar = self.options.state_dir / "rootfs" / f"{step.root.suite}-{spec}.tar"
-            tar.parent.mkdir(parents=True, exist_ok=True)
-            self.bootstrap(suite=step.root.suite, packages=list(step.root.packages), out=tar, source_date_epoch=self.options.source_date_epoch)
-            os.link(tar, context / "rootfs.tar")
+            os.link(rootfs(step, self.options, self.bootstrap), context / "rootfs.tar")
         return context
 
     def verify(self, step: Step, ref: str) -> None:
@@ -179,6 +175,15 @@ class Executor:
                 raise VerifyError(f"{step.repository}: smoke check {check.name!r} failed:\n{output}")
         if step.kind == "service":
             self.docker.wait_healthy(ref, name=f"fleet-verify-{step.repository}-{os.getpid()}", timeout=self.options.health_timeout)
+
+
+def rootfs(step: Step, options: Options, bootstrap: Bootstrapper) -> Path:
+    """The bootstrapped root filesystem of a root family, cached under the state dir by its inputs."""
+    assert step.root is not None
+    spec = hashlib.sha256(json.dumps([step.root.suite, list(step.root.packages), options.source_date_epoch]).encode()).hexdigest()[:16]
+    tar = options.state_dir / "rootfs" / f"{step.root.suite}-{spec}.tar"
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    return bootstrap(suite=step.root.suite, packages=list(step.root.packages), out=tar, source_date_epoch=options.source_date_epoch)
 
 
 def summarize(results: list[Result]) -> dict[str, int]:

@@ -11,7 +11,7 @@ from rich.markup import escape
 IN_CI = bool(os.environ.get("CI"))
 IN_GITHUB = bool(os.environ.get("GITHUB_ACTIONS"))
 
-console = Console(highlight=False, soft_wrap=not sys.stdout.isatty())
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

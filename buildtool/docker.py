@@ -58,7 +58,7 @@ class Docker:
                 progress="plain",
                 stream_logs=True,
             )
-            with log.open("w", encoding="utf-8") as fh:
+            with log.open("w", encoding="utf-8", buffering=1) as fh:
                 for line in stream:
                     fh.write(line)
         except DockerException as exc:

@@ -1,0 +1,57 @@
+"""The plan as a `docker buildx bake` file, for users who drive BuildKit themselves.
+
+Each image is one target with its materialised context; a child names its parent target as the
+named context its ``FROM ${PARENT_IMAGE}`` resolves to, so bake builds the chain in order.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from buildtool.build import Options
+from buildtool.plan import Plan, Step
+
+
+def _target_name(step: Step) -> str:
+    return step.repository.replace(".", "-")
+
+
+def bake_file(plan: Plan, options: Options, contexts: Path) -> dict[str, object]:
+    targets: dict[str, object] = {}
+    for step in plan.steps:
+        args = {"SOURCE_DATE_EPOCH": str(options.source_date_epoch)}
+        target: dict[str, object] = {
+            "context": str(contexts / step.repository),
+            "dockerfile": "Dockerfile",
+            "args": args,
+            "tags": [options.ref(step)],
+            "secret": [f"id=pip_ca,src={options.ca_bundle}"],
+            "entitlements": ["network.host"],
+            "cache-from": [f"type=registry,ref={options.cache_ref(step)}"],
+            "output": ["type=docker"],
+        }
+        if step.parent:
+            parent = plan.step(step.parent)
+            arg = "FAMILY_IMAGE" if step.kind == "service" else "PARENT_IMAGE"
+            args[arg] = f"parent-{_target_name(parent)}"
+            target["contexts"] = {f"parent-{_target_name(parent)}": f"target:{_target_name(parent)}"}
+        targets[_target_name(step)] = target
+    return {"group": {"default": {"targets": list(targets)}}, "target": targets}
+
+
+def write(plan: Plan, options: Options, dest: Path, *, bootstrap=None) -> Path:
+    """Materialise every context under ``dest``/contexts and write ``dest``/docker-bake.json."""
+    contexts = dest / "contexts"
+    for step in plan.steps:
+        ctx = contexts / step.repository
+        step.rendered.write(ctx)
+        if step.root is not None and step.root.source == "bootstrap" and bootstrap is not None:
+            tar = bootstrap(step)
+            link = ctx / "rootfs.tar"
+            if link.exists():
+                link.unlink()
+            link.hardlink_to(tar)
+    path = dest / "docker-bake.json"
+    path.write_text(json.dumps(bake_file(plan, options, contexts.resolve()), indent=2) + "\n")
+    return path
