@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     fleet = _fleet(args)
     plan = make_plan(fleet, all_families=True, all_services=True)
     out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)  # generated: nothing stale may survive
     for step in plan.steps:
         dest = out / step.kind / step.repository
         step.rendered.write(dest)

@@ -64,9 +64,9 @@ def ensure_host_packages(packages: list[str], *, release: str | None = None) -> 
     if not _apt_updated:
         cmd.run(["apt-get", *lock, "update", "-qq"], timeout=900)
         _apt_updated = True
-    names = [f"{p}/{release}" if release else p for p in missing]
-    log.info("installing %s", " ".join(names))
-    cmd.run(["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *names], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=1800)
+    target = ["-t", release] if release else []
+    log.info("installing %s", " ".join(missing))
+    cmd.run(["apt-get", *lock, "install", "-y", "-qq", "--no-install-recommends", *target, *missing], env={"DEBIAN_FRONTEND": "noninteractive"}, timeout=1800)
 
 
 def _engine_ok() -> str | None:

@@ -133,3 +133,20 @@ class Registry:
             while chunk := resp.read(1 << 20):
                 total += len(inflater.decompress(chunk))
         return total + len(inflater.flush())
+
+    def layer_files(self, repo: str, digest: str) -> list[tuple[str, int]]:
+        """(path, size) of every regular file in a layer blob; whiteouts as size -1."""
+        import tarfile
+
+        resp = self._request("GET", f"{repo}/blobs/{digest}")
+        if resp is None:
+            return []
+        out: list[tuple[str, int]] = []
+        with resp, tarfile.open(fileobj=resp, mode="r|*") as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if member.name.rsplit("/", 1)[-1].startswith(".wh."):
+                    out.append((name, -1))
+                elif member.isfile():
+                    out.append((name, member.size))
+        return out

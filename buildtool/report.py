@@ -4,6 +4,8 @@ change against the previous release, and the family budget. Terminal table, Mark
 from __future__ import annotations
 
 import json
+import re
+from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,8 @@ class ImageSize:
     budget_mb: int
     prev_compressed: int | None
     largest: list[Layer] = field(default_factory=list)
+    cuda_bytes: int | None = None  # GPU images: bytes of CUDA libraries in the final filesystem
+    cuda_duplicates: dict[str, list[str]] = field(default_factory=dict)  # library -> paths, when >1
 
     @property
     def over_budget(self) -> bool:
@@ -63,6 +67,41 @@ def _uncompressed(registry: Registry, repo: str, ref: str, cache_dir: Path) -> i
     return total
 
 
+CUDA_LIB = re.compile(r"^lib(cuda|cudart|cublas|cublasLt|cudnn[a-z_]*|cufft[a-z]*|curand|cusolver[a-zA-Z]*|cusparse[a-zA-Z]*|nccl|nvrtc[a-z-]*|"
+                      r"nvJitLink|nvToolsExt|cupti|nvperf[a-z_]*|cufile[a-z_]*)\.so(\.[0-9]+)*$")
+
+
+def _layer_files(registry: Registry, repo: str, digest: str, cache_dir: Path) -> list[tuple[str, int]]:
+    cached = cache_dir / (digest.replace(":", "-") + ".json")
+    if not cached.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps(registry.layer_files(repo, digest)))
+    return [tuple(x) for x in json.loads(cached.read_text())]
+
+
+def cuda_inventory(registry: Registry, repo: str, ref: str, cache_dir: Path) -> tuple[int, dict[str, list[str]]]:
+    """CUDA library bytes in the image's final filesystem, and libraries present at more than one path."""
+    manifest = registry.image_manifest(repo, ref)
+    files: dict[str, int] = {}
+    for layer in manifest.data.get("layers", []) if manifest else []:
+        for path, size in _layer_files(registry, repo, layer["digest"], cache_dir):
+            head, _, base = path.rpartition("/")
+            if size < 0:  # whiteout: the file (or a whole directory) is gone from here up
+                target = f"{head}/{base.removeprefix('.wh.')}" if head else base.removeprefix(".wh.")
+                for p in [p for p in files if p == target or p.startswith(target + "/")]:
+                    del files[p]
+            else:
+                files[path] = size
+    by_name: dict[str, list[str]] = defaultdict(list)
+    total = 0
+    for path, size in files.items():
+        name = path.rsplit("/", 1)[-1]
+        if CUDA_LIB.match(name):
+            total += size
+            by_name[name].append(path)
+    return total, {name: sorted(paths) for name, paths in by_name.items() if len(paths) > 1}
+
+
 def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
     out = []
     for step in plan.steps:
@@ -72,6 +111,7 @@ def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, 
             continue  # not in the registry (failed or never built)
         uncompressed = _uncompressed(registry, repo, step.id_tag, state_dir / "blob-sizes")
         prev = registry.layer_sizes(repo, PREVIOUS)
+        cuda_bytes, dupes = cuda_inventory(registry, repo, step.id_tag, state_dir / "layer-files") if step.gpu else (None, {})
         out.append(
             ImageSize(
                 repository=step.repository,
@@ -82,6 +122,8 @@ def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, 
                 budget_mb=step.budget_mb,
                 prev_compressed=sum(prev) if prev else None,
                 largest=sorted(layers, key=lambda layer: -layer.size)[:3],
+                cuda_bytes=cuda_bytes,
+                cuda_duplicates=dupes,
             )
         )
     return out
@@ -97,23 +139,29 @@ def _delta(n: int | None) -> str:
 
 def markdown(sizes: list[ImageSize]) -> str:
     lines = [
-        "| image | machine | status | compressed MB | uncompressed MB | vs prev MB | budget MB | largest layer |",
-        "|---|---|---|---:|---:|---:|---:|---|",
+        "| image | machine | status | compressed MB | uncompressed MB | vs prev MB | budget MB | CUDA libs MB | largest layer |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for s in sizes:
         budget = f"{s.budget_mb}{' **OVER**' if s.over_budget else ''}"
         top = f"{_mb(s.largest[0].size)} MB `{s.largest[0].created_by[:50]}`" if s.largest else ""
-        lines.append(f"| {s.repository} | {s.machine} | {s.status} | {_mb(s.compressed)} | {_mb(s.uncompressed)} | {_delta(s.delta)} | {budget} | {top} |")
+        cuda = "" if s.cuda_bytes is None else _mb(s.cuda_bytes) + (" **DUPLICATES**" if s.cuda_duplicates else "")
+        cells = [s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, cuda, top]
+        lines.append("| " + " | ".join(cells) + " |")
+    for s in sizes:
+        for name, paths in s.cuda_duplicates.items():
+            lines.append(f"\n**{s.repository}**: `{name}` is present {len(paths)} times: " + ", ".join(f"`{p}`" for p in paths))
     return "\n".join(lines) + "\n"
 
 
 def table(sizes: list[ImageSize]) -> Table:
     t = Table(title="image sizes in MB (compressed: layer blobs in the registry)")
-    for col in ("image", "machine", "status", "compressed", "uncompressed", "vs prev", "budget"):
-        t.add_column(col, justify="right" if col in ("compressed", "uncompressed", "vs prev", "budget") else "left", no_wrap=True)
+    for col in ("image", "machine", "status", "compressed", "uncompressed", "vs prev", "budget", "CUDA libs"):
+        t.add_column(col, justify="left" if col in ("image", "machine", "status") else "right", no_wrap=True)
     for s in sizes:
         budget = f"[red]{s.budget_mb} OVER[/]" if s.over_budget else str(s.budget_mb)
-        t.add_row(s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget)
+        cuda = "" if s.cuda_bytes is None else _mb(s.cuda_bytes) + (" [red]DUPLICATES[/]" if s.cuda_duplicates else "")
+        t.add_row(s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, cuda)
     return t
 
 
@@ -136,6 +184,9 @@ def write(sizes: list[ImageSize], state_dir: Path) -> Path:
 def show(sizes: list[ImageSize]) -> None:
     console.print(table(sizes))
     console.print(largest_layers(sizes), markup=False)
+    for s in sizes:
+        for name, paths in s.cuda_duplicates.items():
+            console.print(f"[red]{s.repository}: {name} is present {len(paths)} times:[/] {', '.join(paths)}")
     step_summary("## Image sizes\n\n" + markdown(sizes))
 
 
