@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -25,6 +26,7 @@ from buildtool.progress import Progress
 from buildtool.registry import Registry
 
 APP_USER = "10001:10001"
+log = logging.getLogger("buildtool.build")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,6 +96,8 @@ class Executor:
                         continue
                     running[pool.submit(self._guarded, step, parent)] = step
                 if not running:
+                    if pending:  # cannot happen with a plan from make_plan (parents come first)
+                        raise BuildError(f"steps wait for parents outside the plan: {', '.join(s.key for s in pending)}")
                     continue
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
@@ -111,7 +115,11 @@ class Executor:
             status, digest = self._step(step, parent)
             return Result(key=step.key, repository=step.repository, status=status, digest=digest, seconds=time.monotonic() - start)
         except ToolError as exc:
-            return Result(key=step.key, repository=step.repository, status="failed", seconds=time.monotonic() - start, message=exc.message)
+            message = exc.message
+        except Exception as exc:
+            log.debug("step %s failed", step.key, exc_info=True)
+            message = f"{type(exc).__name__}: {exc}"
+        return Result(key=step.key, repository=step.repository, status="failed", seconds=time.monotonic() - start, message=message)
 
     # -- one image --------------------------------------------------------------------------
 
