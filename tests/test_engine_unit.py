@@ -1,0 +1,61 @@
+"""Engine bring-up decisions, with the command runner faked."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from buildtool import engine
+from buildtool.errors import CommandError, EngineError
+
+
+def test_no_engine_off_debian_gives_instructions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(engine, "_engine_ok", lambda: None)
+    monkeypatch.setattr(engine, "is_debian", lambda: False)
+    with pytest.raises(EngineError, match="containerd-snapshotter") as info:
+        engine.ensure_engine(state_dir=tmp_path)
+    assert info.value.exit_code == 7
+
+
+def test_engine_without_containerd_store_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def fake_run(argv, **kwargs):
+        if "{{json .DriverStatus}}" in argv:
+            return subprocess.CompletedProcess(argv, 0, '[["Backing Filesystem","extfs"]]', "")
+        return subprocess.CompletedProcess(argv, 0, "26.1.5", "")
+
+    monkeypatch.setattr(engine.cmd, "run", fake_run)
+    with pytest.raises(EngineError, match="containerd image store"):
+        engine.ensure_engine(state_dir=tmp_path)
+
+
+def test_missing_packages_as_non_root_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(engine, "_installed", lambda p: p == "docker.io")
+    monkeypatch.setattr(engine, "can_install", lambda: False)
+    with pytest.raises(EngineError, match="apt-get install mmdebstrap"):
+        engine.ensure_host_packages(["docker.io", "mmdebstrap"])
+
+
+def test_install_uses_target_release(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    monkeypatch.setattr(engine, "_installed", lambda p: False)
+    monkeypatch.setattr(engine, "can_install", lambda: True)
+    monkeypatch.setattr(engine.cmd, "run", lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0, "", ""))
+    monkeypatch.setattr(engine, "_apt_updated", False)
+    engine.ensure_host_packages(["docker.io", "docker-buildx"], release="trixie")
+    assert calls[0][-2:] == ["update", "-qq"]
+    assert calls[1][-4:] == ["-t", "trixie", "docker.io", "docker-buildx"]
+
+
+def test_registry_only_on_loopback(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="only loopback"):
+        engine.ensure_registry("10.0.0.5:5000", storage_dir=tmp_path, state_dir=tmp_path)
+
+
+def test_failed_engine_check_counts_as_no_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    def failing(argv, **kwargs):
+        raise CommandError(list(argv), 1, "Cannot connect to the Docker daemon")
+
+    monkeypatch.setattr(engine.cmd, "run", failing)
+    assert engine._engine_ok() is None
