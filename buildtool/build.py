@@ -144,15 +144,24 @@ class Executor:
         ref = o.ref(step)
         log = o.state_dir / "logs" / f"{step.repository}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        self.docker.build(
-            context=context,
-            tag=ref,
-            build_args=args,
-            secrets=[f"id=pip_ca,src={o.ca_bundle}"],
-            cache_ref=o.cache_ref(step),
-            labels=labels,
-            log=log,
-        )
+        try:
+            self.docker.build(
+                context=context,
+                tag=ref,
+                build_args=args,
+                secrets=[f"id=pip_ca,src={o.ca_bundle}"],
+                cache_ref=o.cache_ref(step),
+                labels=labels,
+                log=log,
+            )
+        except BuildError as exc:
+            if step.root is not None and step.root.source == "image" and step.root.image in exc.message:
+                raise BuildError(
+                    f"{exc.message}\n{step.name}: its root image {step.root.image!r} could not be pulled. Point [root] image in "
+                    f"families/{step.name}.toml at a registry that serves it (e.g. a mirror in {o.registry}); "
+                    "the toolkit does not substitute another Python."
+                ) from exc
+            raise
         self.progress.update(step.key, "verifying")
         self.verify(step, ref)
         self.progress.update(step.key, "pushing")

@@ -174,3 +174,20 @@ def test_rollback_swaps_and_honours_force_image_tag() -> None:
     assert registry.digest("fleet/a", "latest") == two.digest
     with pytest.raises(UsageError, match="does not exist"):
         rollback(registry, "fleet", ["a"], {"FORCE_IMAGE_TAG": "nope"})
+
+
+def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+
+    class NoUpstream(FakeDocker):
+        def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log) -> None:
+            if "/legacy-py310-cpu:" in tag:
+                raise BuildError("failed to resolve source metadata for docker.io/library/python:3.10-slim-bookworm")
+            super().build(context=context, tag=tag, build_args=build_args, secrets=secrets, cache_ref=cache_ref, labels=labels, log=log)
+
+    _, results = run(fleet_dir, tmp_path, registry, NoUpstream(registry), families=["legacy-py310-cpu", "base-utils"])
+    legacy = results["family:legacy-py310-cpu"]
+    assert legacy.status == "failed"
+    assert "root image 'python:3.10-slim-bookworm' could not be pulled" in legacy.message
+    assert "does not substitute another Python" in legacy.message
+    assert results["family:base-utils"].status == "built"
