@@ -186,10 +186,10 @@ class Executor:
         user = self.docker.image_user(ref)
         if user != APP_USER:
             raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
-        for check in step.smoke:
-            ok, output = self.docker.run_check(ref, check.run)
-            if not ok:
-                raise VerifyError(f"{step.repository}: smoke check {check.name!r} failed:\n{output}")
+        failures = self.docker.run_checks(ref, [(check.name, check.run) for check in step.smoke])
+        if failures:
+            details = "\n".join(f"  smoke check {name!r} failed: {output}" for name, output in failures)
+            raise VerifyError(f"{step.repository}: {len(failures)} of {len(step.smoke)} smoke checks failed:\n{details}")
         if step.kind == "service":
             self.docker.wait_healthy(ref, name=f"fleet-verify-{step.repository}-{os.getpid()}", timeout=self.options.health_timeout)
 

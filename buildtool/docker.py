@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,21 @@ HARDENED = {
     "cap_drop": ["ALL"],
     "security_options": ["no-new-privileges"],
 }
+
+
+CHECK_DRIVER = """
+import json, subprocess, sys
+failures = []
+for name, argv in json.loads(sys.argv[1]):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            failures.append([name, f"exit {p.returncode}: " + (p.stdout + p.stderr)[-2000:]])
+    except Exception as exc:
+        failures.append([name, repr(exc)])
+print(json.dumps(failures))
+sys.exit(1 if failures else 0)
+"""
 
 
 def _tail(exc: DockerException, lines: int = 30) -> str:
@@ -79,13 +95,24 @@ class Docker:
     def has_image(self, ref: str) -> bool:
         return self.client.image.exists(ref)
 
-    def run_check(self, ref: str, argv: Sequence[str]) -> tuple[bool, str]:
-        """Run ``argv`` in a throwaway hardened container; return (passed, output)."""
+    def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, str]]:
+        """Run every (name, argv) check in one throwaway hardened container; return the failures.
+
+        One container start for all checks instead of one each: the driver runs them in order
+        and reports each failure with its output as JSON on its last line.
+        """
+        if not checks:
+            return []
+        payload = json.dumps([[name, list(argv)] for name, argv in checks])
         try:
-            out = self.client.run(ref, list(argv), remove=True, **HARDENED)
-            return True, str(out)
+            out = self.client.run(ref, ["python", "-c", CHECK_DRIVER, payload], remove=True, **HARDENED)
         except DockerException as exc:
-            return False, _tail(exc)
+            lines = (exc.stdout or "").strip().splitlines()
+            try:
+                return [tuple(f) for f in json.loads(lines[-1])]
+            except (IndexError, ValueError):
+                return [("smoke-check driver", _tail(exc))]
+        return [] if str(out).strip().endswith("[]") else [("smoke-check driver", str(out)[-2000:])]
 
     def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None:
         """Start the image as a hardened container and wait for its own HEALTHCHECK to say healthy."""

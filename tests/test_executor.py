@@ -57,9 +57,9 @@ class FakeDocker:
     def image_user(self, ref: str) -> str:
         return self.user
 
-    def run_check(self, ref: str, argv) -> tuple[bool, str]:
-        self.checks.append((ref, tuple(argv)))
-        return True, ""
+    def run_checks(self, ref: str, checks) -> list[tuple[str, str]]:
+        self.checks += [(ref, tuple(argv)) for _, argv in checks]
+        return []
 
     def wait_healthy(self, ref: str, name: str, timeout: float) -> None:
         self.healthy.append(ref)

@@ -146,6 +146,8 @@ def test_a_failing_image_moves_no_tag(env) -> None:
     assert build(env, SERVICE, tag="release-3") == BuildError.exit_code
     statuses = last_run(env)
     assert statuses["family-web"] == "failed" and statuses["service-registry-mainpc"] == "blocked"
+    message = next(r["message"] for r in json.loads((env["state"] / "reports" / "last-run.json").read_text())["results"] if r["repository"] == "family-web")
+    assert "smoke check 'deliberately failing' failed: exit 3" in message
     assert {tag: tags(env, tag) for tag in ("latest", "prev")} == before
     assert not any(tags(env, "release-3").values())
     fam.write_text(fam.read_text().split("\n[[smoke]]\nname = \"deliberately failing\"")[0] + "\n")
