@@ -186,7 +186,12 @@ class Executor:
         user = self.docker.image_user(ref)
         if user != APP_USER:
             raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
-        failures = self.docker.run_checks(ref, [(check.name, check.run) for check in step.smoke])
+        failures = self.docker.run_checks(ref, [(c.name, c.run) for c in step.smoke if not c.gpu])
+        gpu_checks = [(c.name, c.run) for c in step.smoke if c.gpu]
+        if gpu_checks and self.docker.gpus_available(ref):
+            failures += self.docker.run_checks(ref, gpu_checks, gpus=True)
+        elif gpu_checks:
+            log.info("%s: no GPU on this engine, skipped: %s", step.repository, ", ".join(name for name, _ in gpu_checks))
         if failures:
             details = "\n".join(f"  smoke check {name!r} failed: {output}" for name, output in failures)
             raise VerifyError(f"{step.repository}: {len(failures)} of {len(step.smoke)} smoke checks failed:\n{details}")

@@ -87,7 +87,7 @@ MACHINE_SCHEMA: dict[str, Checker] = {
     "profile": _env,
 }
 ROOT_SCHEMA: dict[str, Checker] = {"source": _str, "image": _str, "suite": _str, "packages": _strlist}
-SMOKE_SCHEMA: dict[str, Checker] = {"name": _str, "run": _strlist}
+SMOKE_SCHEMA: dict[str, Checker] = {"name": _str, "run": _strlist, "gpu": _bool}
 FAMILY_SCHEMA: dict[str, Checker] = {
     "description": _str,
     "parent": _str,
@@ -374,7 +374,7 @@ def _read_smoke(c: _Collector, file: str, data: Any) -> tuple[SmokeCheck, ...]:
         if "run" in v and not v["run"]:
             c.add(file, f"smoke[{i}].run", "must name a command to run")
         elif "name" in v and "run" in v:
-            checks.append(SmokeCheck(name=v["name"], run=v["run"]))
+            checks.append(SmokeCheck(name=v["name"], run=v["run"], gpu=v.get("gpu", False)))
     return tuple(checks)
 
 

@@ -45,6 +45,7 @@ def _tail(exc: DockerException, lines: int = 30) -> str:
 class Docker:
     def __init__(self, client: DockerClient | None = None) -> None:
         self.client = client or DockerClient()
+        self._gpus: bool | None = None
 
     def build(
         self,
@@ -95,7 +96,17 @@ class Docker:
     def has_image(self, ref: str) -> bool:
         return self.client.image.exists(ref)
 
-    def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]]) -> list[tuple[str, str]]:
+    def gpus_available(self, ref: str) -> bool:
+        """Whether this engine can give a container the GPUs (`--gpus all`); asked once per run."""
+        if self._gpus is None:
+            try:
+                self.client.run(ref, ["true"], remove=True, gpus="all", **HARDENED)
+                self._gpus = True
+            except DockerException:
+                self._gpus = False
+        return self._gpus
+
+    def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]], *, gpus: bool = False) -> list[tuple[str, str]]:
         """Run every (name, argv) check in one throwaway hardened container; return the failures.
 
         One container start for all checks instead of one each: the driver runs them in order
@@ -105,7 +116,7 @@ class Docker:
             return []
         payload = json.dumps([[name, list(argv)] for name, argv in checks])
         try:
-            out = self.client.run(ref, ["python", "-c", CHECK_DRIVER, payload], remove=True, **HARDENED)
+            out = self.client.run(ref, ["python", "-c", CHECK_DRIVER, payload], remove=True, gpus="all" if gpus else None, **HARDENED)
         except DockerException as exc:
             lines = (exc.stdout or "").strip().splitlines()
             try:

@@ -22,6 +22,7 @@ class SmokeCheck:
 
     name: str
     run: tuple[str, ...]
+    gpu: bool = False  # needs a GPU: runs with --gpus all where the engine has one, else is skipped
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -112,7 +112,7 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
             "root": [root.source, root.image if root.source == "image" else "", root.suite, list(root.packages)] if root else None,
             "parent": parent.identity if parent else None,
             # The identity tag vouches for "built and verified": new checks mean a new identity.
-            "smoke": [list(c.run) for c in family.smoke],
+            "smoke": [[*c.run, "gpu"] if c.gpu else list(c.run) for c in family.smoke],
         }
     )
     return Step(

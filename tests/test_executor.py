@@ -57,8 +57,15 @@ class FakeDocker:
     def image_user(self, ref: str) -> str:
         return self.user
 
-    def run_checks(self, ref: str, checks) -> list[tuple[str, str]]:
+    gpus = False
+
+    def gpus_available(self, ref: str) -> bool:
+        return self.gpus
+
+    def run_checks(self, ref: str, checks, *, gpus: bool = False) -> list[tuple[str, str]]:
         self.checks += [(ref, tuple(argv)) for _, argv in checks]
+        if gpus:
+            self.gpu_runs = [*getattr(self, "gpu_runs", []), ref]
         return []
 
     def wait_healthy(self, ref: str, name: str, timeout: float) -> None:
@@ -191,3 +198,17 @@ def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Pa
     assert "root image 'python:3.10-slim-bookworm' could not be pulled" in legacy.message
     assert "does not substitute another Python" in legacy.message
     assert results["family:base-utils"].status == "built"
+
+
+@pytest.mark.parametrize("gpus", [False, True])
+def test_gpu_smoke_checks_run_only_where_the_engine_has_a_gpu(fleet_dir: Path, tmp_path: Path, gpus: bool) -> None:
+    fam = fleet_dir / "families" / "base-gpu-cu121.toml"
+    fam.write_text(fam.read_text() + '\n[[smoke]]\nname = "a CUDA op"\nrun = ["python", "-c", "pass"]\ngpu = true\n')
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    docker.gpus = gpus
+    _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-gpu-cu121"])
+    assert results["family:base-gpu-cu121"].status == "built"
+    assert bool(getattr(docker, "gpu_runs", [])) is gpus  # with --gpus all only where there is a GPU
+    ran_gpu_check = any(argv == ("python", "-c", "pass") for _, argv in docker.checks)
+    assert ran_gpu_check is gpus
