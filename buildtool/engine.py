@@ -34,6 +34,9 @@ ENGINE_HELP = (
 )
 
 _apt_updated = False
+# Daemons started by this process. They outlive it on purpose; holding the handles keeps
+# Popen from warning that they still run when the handle is collected.
+_daemons: list[subprocess.Popen[bytes]] = []
 
 
 def is_debian() -> bool:
@@ -104,7 +107,7 @@ def start_detached(argv: list[str], logfile: Path) -> None:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting %s (log: %s)", " ".join(argv), logfile)
     with logfile.open("ab") as out:
-        subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        _daemons.append(subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True))
 
 
 def _wait(check, what: str, timeout: float, logfile: Path):
