@@ -23,7 +23,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _fleet(args: argparse.Namespace):
-    return load_fleet(Path(args.root), os.environ)
+    env = dict(os.environ)
+    if args.registry:
+        env["FLEET_REGISTRY"] = args.registry
+    if args.org:
+        env["FLEET_ORG"] = args.org
+    return load_fleet(Path(args.root), env)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -237,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="buildtool", description="Build the fleet's container images.")
     parser.add_argument("--root", default=str(REPO), help="repository root holding fleet.toml (default: this checkout)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--registry", help="registry host[:port] (default: FLEET_REGISTRY, then fleet.toml)")
+    parser.add_argument("--org", help="organisation below the registry (default: FLEET_ORG, then fleet.toml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("validate", help="check the fleet definition").set_defaults(func=cmd_validate)
@@ -284,6 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_selection(p: argparse.ArgumentParser) -> None:
+    # Also accepted after the command (nox passes its arguments there); SUPPRESS keeps a value
+    # given before the command.
+    p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--org", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument("services", nargs="*", help="services to build (with the families they need)")
     p.add_argument("--machine", action="append", default=[], help="only this machine (repeatable)")
     p.add_argument("--family", action="append", default=[], help="only this family and its ancestors (repeatable)")

@@ -1,26 +1,48 @@
-"""A corpus of malformed fleet inputs: each one exits 2 and names the file and key at fault."""
+"""A corpus of malformed fleet inputs: each one exits 2 and names the file, the key and the fault.
+
+Every case mutates a writable copy of the shipped fleet (``fleet_dir``) with one or two small
+text edits, runs ``python -m buildtool --root COPY validate`` in-process and checks that
+
+* the exit code is 2 (ConfigError) and no traceback is printed,
+* one reported problem reads ``FILE: KEY: MESSAGE`` with the expected file and key and a
+  message containing the expected fragment,
+* where ``count`` is given, exactly that many problems are reported (no cascade of follow-ups).
+
+Cases a loader bug keeps from failing properly stay in the corpus, marked ``xfail(strict=True)``.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from buildtool.__main__ import main
 
+Mutation = Callable[[Path], None]
+
 
 @dataclass(frozen=True)
 class Case:
     id: str
-    mutate: Callable[[Path], None]
-    file: str
-    key: str
-    fragment: str
+    mutate: Mutation
+    file: str  # relative posix path the problem must be reported against
+    key: str  # the exact key of the problem ("" for a problem with the whole file)
+    fragment: str  # must occur in the message
+    count: int | None = None  # exact number of problems reported, when that is worth pinning
+    marks: tuple[Any, ...] = field(default=())
 
 
-def replace(rel: str, old: str, new: str) -> Callable[[Path], None]:
+# --- mutation helpers -------------------------------------------------------------------------
+
+
+def replace(rel: str, old: str, new: str) -> Mutation:
+    """Replace the first occurrence of ``old`` (which must be there) in ``rel``."""
+
     def apply(root: Path) -> None:
         path = root / rel
         text = path.read_text()
@@ -30,14 +52,24 @@ def replace(rel: str, old: str, new: str) -> Callable[[Path], None]:
     return apply
 
 
-def write(rel: str, text: str) -> Callable[[Path], None]:
+def write(rel: str, text: str) -> Mutation:
     def apply(root: Path) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_text(text)
 
     return apply
 
 
-def append(rel: str, text: str) -> Callable[[Path], None]:
+def write_bytes(rel: str, data: bytes) -> Mutation:
+    def apply(root: Path) -> None:
+        (root / rel).write_bytes(data)
+
+    return apply
+
+
+def append(rel: str, text: str) -> Mutation:
+    """Append at the end of the file: lands in the file's last table, or top level if it has none."""
+
     def apply(root: Path) -> None:
         path = root / rel
         path.write_text(path.read_text() + text)
@@ -45,7 +77,7 @@ def append(rel: str, text: str) -> Callable[[Path], None]:
     return apply
 
 
-def prepend(rel: str, text: str) -> Callable[[Path], None]:
+def prepend(rel: str, text: str) -> Mutation:
     """Top-level keys must come before the file's first [table]."""
 
     def apply(root: Path) -> None:
@@ -55,7 +87,28 @@ def prepend(rel: str, text: str) -> Callable[[Path], None]:
     return apply
 
 
-def both(*fns: Callable[[Path], None]) -> Callable[[Path], None]:
+def delete(rel: str) -> Mutation:
+    def apply(root: Path) -> None:
+        (root / rel).unlink()
+
+    return apply
+
+
+def mkdir(rel: str) -> Mutation:
+    def apply(root: Path) -> None:
+        (root / rel).mkdir(parents=True)
+
+    return apply
+
+
+def symlink(rel: str, target: str) -> Mutation:
+    def apply(root: Path) -> None:
+        (root / rel).symlink_to(target)
+
+    return apply
+
+
+def both(*fns: Mutation) -> Mutation:
     def apply(root: Path) -> None:
         for fn in fns:
             fn(root)
@@ -63,119 +116,326 @@ def both(*fns: Callable[[Path], None]) -> Callable[[Path], None]:
     return apply
 
 
-SVC = "services/ServiceRegistry.toml"
-WEB = "services/UnifiedWebAgent.toml"
-TORCH_SVC = "services/STTService.toml"
+# --- reading the report -----------------------------------------------------------------------
+
+HEADER_RE = re.compile(r"error: (\d+) problem\(s\) in the fleet definition:")
+
+
+def problems(err: str) -> list[str]:
+    """The ``FILE: KEY: MESSAGE`` lines of a ConfigError report, in printed order."""
+    return [line[len("  - ") :] for line in err.splitlines() if line.startswith("  - ")]
+
+
+def validate(root: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(["--root", str(root), "validate"])
+    return code, capsys.readouterr().err
+
+
+def matches(line: str, file: str, key: str, fragment: str) -> bool:
+    prefix = f"{file}: {key}: " if key else f"{file}: "
+    return line.startswith(prefix) and fragment in line[len(prefix) :]
+
+
+# --- the corpus -------------------------------------------------------------------------------
+
+FLEET = "fleet.toml"
+PC2 = "machines/pc2.toml"
+MAINPC = "machines/mainpc.toml"
+BASE = "families/base-python.toml"
+UTILS = "families/base-utils.toml"
+PYDEPS = "families/base-cpu-pydeps.toml"
+WEB_FAM = "families/family-web.toml"
+LEGACY = "families/legacy-py310-cpu.toml"
+GPU_FAM = "families/base-gpu-cu121.toml"
+SVC = "services/ServiceRegistry.toml"  # family-web on mainpc, 7200 / 8200
+WEB = "services/UnifiedWebAgent.toml"  # family-web on pc2, 7126 / 8126 (RemoteConnectorAgent: 7124 / 8124 on pc2)
+TORCH_SVC = "services/STTService.toml"  # family-torch-cu121 on mainpc
+VISION_SVC = "services/VisionProcessingAgent.toml"  # family-vision-cu121 on pc2, vram_gb = 9
+NEW_FAM = "families/family-llm-extra.toml"
+LLM_CHILD = 'description = "a child of the machine-specific LLM family"\nparent = "family-llm-cu121"\n'
 
 CASES = [
-    Case("toml-syntax", append(SVC, "port = = 1\n"), SVC, "", "not valid TOML"),
+    # --- TOML syntax and unreadable files
+    Case("toml-syntax-service", append(SVC, "port = = 1\n"), SVC, "", "not valid TOML", count=1),
+    Case("toml-duplicate-key-machine", append(PC2, 'OMP_NUM_THREADS = "2"\n'), PC2, "", "not valid TOML"),
+    Case("toml-unclosed-table-fleet", replace(FLEET, "\n[settings]\n", "\n[settings\n"), FLEET, "", "not valid TOML"),
+    Case("not-utf8", write_bytes("services/Latin1Agent.toml", b'family = "family-web" # caf\xe9\n'), "services/Latin1Agent.toml", "",
+         "cannot be read", count=1),
+    Case("toml-is-a-directory", mkdir("services/DirAgent.toml"), "services/DirAgent.toml", "", "cannot be read", count=1),
+    # --- unknown keys (with did-you-mean where a key is close)
     Case("service-unknown-key", replace(SVC, "health_port", "helth_port"), SVC, "helth_port", "did you mean 'health_port'"),
-    Case("family-unknown-key", prepend("families/family-web.toml", "requirement = []\n"), "families/family-web.toml", "requirement",
-         "did you mean 'requirements'"),
-    Case("machine-unknown-key", replace("machines/pc2.toml", "vram_gb", "vram"), "machines/pc2.toml", "vram", "did you mean 'vram_gb'"),
-    Case("settings-unknown-key", replace("fleet.toml", 'org = "fleet"', 'orgs = "fleet"'), "fleet.toml", "settings.orgs", "did you mean 'org'"),
-    Case("smoke-unknown-key", replace("families/base-utils.toml", 'run = ["test"', 'cmd = ["test"'), "families/base-utils.toml", "smoke[1].cmd", "unknown key"),
-    Case("port-as-string", replace(SVC, "port = 7200", 'port = "7200"'), SVC, "port", "must be an integer"),
-    Case("machines-as-string", replace(SVC, 'machines = ["mainpc"]', 'machines = "mainpc"'), SVC, "machines", "list of strings"),
-    Case("gpu-as-string", prepend("families/family-web.toml", 'gpu = "yes"\n'), "families/family-web.toml", "gpu", "true or false"),
-    Case("service-without-family", replace(SVC, 'family = "family-web"', ""), SVC, "family", "is required"),
-    Case("service-without-port", replace(SVC, "port = 7200", ""), SVC, "port", "is required"),
-    Case("unknown-family", replace(SVC, '"family-web"', '"family-webb"'), SVC, "family", "did you mean 'family-web'"),
-    Case("unknown-machine", replace(SVC, '["mainpc"]', '["mainpcc"]'), SVC, "machines[0]", "did you mean 'mainpc'"),
-    Case("unknown-parent", replace("families/family-web.toml", '"base-cpu-pydeps"', '"base-cpu-pydep"'), "families/family-web.toml", "parent",
-         "did you mean 'base-cpu-pydeps'"),
-    Case("cycle-of-two", both(
-        replace("families/base-utils.toml", 'parent = "base-python"', 'parent = "base-cpu-pydeps"'),
-    ), "families/base-cpu-pydeps.toml", "parent", "base-cpu-pydeps -> base-utils -> base-cpu-pydeps"),
-    Case("cycle-of-three", replace("families/base-utils.toml", 'parent = "base-python"', 'parent = "family-web"'),
-         "families/base-cpu-pydeps.toml", "parent", " -> "),
-    Case("parent-and-root", append("families/base-utils.toml", '\n[root]\nsource = "bootstrap"\n'), "families/base-utils.toml", "parent", "exactly one"),
-    Case("neither-parent-nor-root", replace("families/base-utils.toml", 'parent = "base-python"', ""), "families/base-utils.toml", "parent", "exactly one"),
-    Case("python-not-a-version", replace("families/base-python.toml", 'python = "3.11"', 'python = "3.x"'), "families/base-python.toml", "python",
-         "not a Python version"),
-    Case("python-without-dot", replace("families/base-python.toml", 'python = "3.11"', 'python = "311"'), "families/base-python.toml", "python",
-         "not a Python version"),
-    Case("child-python-differs", prepend("families/base-utils.toml", 'python = "3.12"\n'), "families/base-utils.toml", "python", "keeps its parent's Python"),
+    Case("family-unknown-key", prepend(WEB_FAM, "requirement = []\n"), WEB_FAM, "requirement", "did you mean 'requirements'", count=1),
+    Case("machine-unknown-key", replace(PC2, "vram_gb", "vram"), PC2, "vram", "did you mean 'vram_gb'"),
+    Case("settings-unknown-key", replace(FLEET, 'org = "fleet"', 'orgs = "fleet"'), FLEET, "settings.orgs", "did you mean 'org'", count=1),
+    Case("fleet-unknown-table", append(FLEET, '\n[servce_defaults]\nsource = "agents"\n'), FLEET, "servce_defaults", "did you mean 'service_defaults'"),
+    Case("settings-unknown-key-no-hint", replace(FLEET, 'org = "fleet"', 'org = "fleet"\nzzz = 1'), FLEET, "settings.zzz", "allowed keys: ignore, org"),
+    Case("root-unknown-key", replace(LEGACY, 'image = "python', 'imgae = "python'), LEGACY, "root.imgae", "did you mean 'image'"),
+    Case("smoke-unknown-key", replace(UTILS, 'run = ["test"', 'cmd = ["test"'), UTILS, "smoke[1].cmd", "unknown key"),
+    # --- wrong types
+    Case("port-as-string", replace(SVC, "port = 7200", 'port = "7200"'), SVC, "port", "must be an integer", count=1),
+    Case("port-as-bool", replace(SVC, "port = 7200", "port = true"), SVC, "port", "must be an integer", count=1),
+    Case("port-out-of-range", replace(SVC, "port = 7200", "port = 72000"), SVC, "port", "between 1 and 65535", count=1),
+    Case("machines-as-string", replace(SVC, 'machines = ["mainpc"]', 'machines = "mainpc"'), SVC, "machines", "list of strings", count=1),
+    Case("gpu-as-string", prepend(WEB_FAM, 'gpu = "yes"\n'), WEB_FAM, "gpu", "true or false", count=1),
+    Case("machine-gpu-as-bool", replace(PC2, 'gpu = "RTX 3060"', "gpu = true"), PC2, "gpu", "must be a string"),
+    Case("vram-negative", replace(PC2, "vram_gb = 12", "vram_gb = -12"), PC2, "vram_gb", "between 0 and 1024"),
+    Case("budget-zero", replace(BASE, "budget_mb = 100", "budget_mb = 0"), BASE, "budget_mb", "between 1 and 100000", count=1),
+    Case("epoch-as-string", replace(FLEET, "source_date_epoch = 1735689600", 'source_date_epoch = "2025-01-01"'), FLEET,
+         "settings.source_date_epoch", "must be an integer", count=1),
+    Case("settings-not-a-table", replace(FLEET, "\n[settings]\n", '\nsettings = "x"\n[old_settings]\n'), FLEET, "settings",
+         "must be a table"),
+    Case("smoke-not-an-array", write(NEW_FAM, LLM_CHILD + 'smoke = "python -c pass"\n'), NEW_FAM, "smoke", "must be an array of tables",
+         count=1),
+    Case("smoke-gpu-as-string", replace(WEB_FAM, 'run = ["gunicorn", "--version"]', 'run = ["gunicorn", "--version"]\ngpu = "yes"'),
+         WEB_FAM, "smoke[1].gpu", "true or false", count=1),
+    Case("root-not-a-table", write("families/family-flat.toml", 'description = "x"\npython = "3.11"\nroot = "python:3.11"\n'),
+         "families/family-flat.toml", "root", "must be a table", count=1),
+    # --- required keys
+    Case("service-without-family", replace(SVC, 'family = "family-web"', ""), SVC, "family", "is required", count=1),
+    Case("service-without-port", replace(SVC, "port = 7200", ""), SVC, "port", "is required", count=1),
+    Case("service-without-machines", replace(SVC, 'machines = ["mainpc"]', ""), SVC, "machines", "is required", count=1),
+    Case("machine-without-description", replace(PC2, "description =", "# description ="), PC2, "description", "is required", count=1),
+    Case("smoke-without-name", replace(WEB_FAM, 'name = "gunicorn runs"\n', ""), WEB_FAM, "smoke[1].name", "is required", count=1),
+    Case("root-without-source", replace(LEGACY, 'source = "image"\n', ""), LEGACY, "root.source", "is required"),
+    Case("fleet-toml-missing", delete(FLEET), FLEET, "", "is missing"),
+    Case("no-services", lambda root: [p.unlink() for p in (root / "services").glob("*.toml")], "services/", "", "no service definitions",
+         count=1),
+    # --- references by name
+    Case("unknown-family", replace(SVC, '"family-web"', '"family-webb"'), SVC, "family", "did you mean 'family-web'", count=1),
+    Case("unknown-machine", replace(SVC, '["mainpc"]', '["mainpcc"]'), SVC, "machines[0]", "did you mean 'mainpc'", count=1),
+    Case("machine-listed-twice", replace(SVC, '["mainpc"]', '["mainpc", "mainpc"]'), SVC, "machines", "lists a machine twice", count=1),
+    Case("empty-machines", replace(SVC, 'machines = ["mainpc"]', "machines = []"), SVC, "machines", "at least one machine", count=1),
+    Case("unknown-parent", replace(WEB_FAM, '"base-cpu-pydeps"', '"base-cpu-pydep"'), WEB_FAM, "parent", "did you mean 'base-cpu-pydeps'"),
+    # --- the family tree
+    Case("cycle-of-one", replace(UTILS, 'parent = "base-python"', 'parent = "base-utils"'), UTILS, "parent", "base-utils -> base-utils"),
+    Case("cycle-of-two", replace(UTILS, 'parent = "base-python"', 'parent = "base-cpu-pydeps"'), PYDEPS, "parent",
+         "cycle in the family tree: base-cpu-pydeps -> base-utils -> base-cpu-pydeps"),
+    Case("cycle-of-three", replace(UTILS, 'parent = "base-python"', 'parent = "family-web"'), PYDEPS, "parent",
+         "cycle in the family tree: base-cpu-pydeps -> base-utils -> family-web -> base-cpu-pydeps"),
+    Case("parent-and-root", append(UTILS, '\n[root]\nsource = "bootstrap"\n'), UTILS, "parent", "exactly one"),
+    Case("neither-parent-nor-root", replace(UTILS, 'parent = "base-python"', ""), UTILS, "parent", "exactly one"),
+    Case("python-not-a-version", replace(BASE, 'python = "3.11"', 'python = "3.x"'), BASE, "python", "not a Python version"),
+    Case("python-without-dot", replace(BASE, 'python = "3.11"', 'python = "311"'), BASE, "python", "not a Python version"),
+    Case("child-python-differs", prepend(UTILS, 'python = "3.12"\n'), UTILS, "python", "a child keeps its parent's Python", count=1),
+    Case("child-cuda-differs", write(NEW_FAM, LLM_CHILD + 'cuda = "12.4"\n'), NEW_FAM, "cuda", "a child keeps its parent's CUDA", count=1),
+    Case("cuda-malformed", replace(GPU_FAM, 'cuda = "12.1"', 'cuda = "cu121"'), GPU_FAM, "cuda", "not a CUDA version"),
+    Case("gpu-family-without-cuda", write("families/family-gpu-nocuda.toml", 'description = "x"\nparent = "base-utils"\ngpu = true\n'),
+         "families/family-gpu-nocuda.toml", "cuda", "needs its CUDA version", count=1),
+    Case("gpu-dropped-under-gpu-parent", write(NEW_FAM, LLM_CHILD + "gpu = false\n"), NEW_FAM, "gpu", "is a GPU family", count=1),
+    Case("machine-specific-dropped", write(NEW_FAM, LLM_CHILD + "machine_specific = false\n"), NEW_FAM, "machine_specific",
+         "built per machine", count=1),
+    Case("family-file-name", write("families/Family-Web2.toml", 'description = "x"\nparent = "family-web"\n'), "families/Family-Web2.toml", "",
+         "lowercase letters", count=1),
+    # --- roots
     Case("bootstrap-wrong-python",
-         replace("families/legacy-py310-cpu.toml", 'source = "image"', 'source = "bootstrap"\nsuite = "bookworm"\npackages = ["tini"]'),
-         "families/legacy-py310-cpu.toml", "root.suite", "ships Python 3.11"),
-    Case("unknown-root-source", replace("families/base-python.toml", 'source = "bootstrap"', 'source = "docker"'), "families/base-python.toml", "root.source",
-         "use \"bootstrap\" or \"image\""),
-    Case("unknown-suite", replace("families/base-python.toml", 'suite = "bookworm"', 'suite = "bookwrm"'), "families/base-python.toml", "root.suite",
-         "did you mean 'bookworm'"),
-    Case("image-without-tag", replace("families/legacy-py310-cpu.toml", '"python:3.10-slim-bookworm"', '"python"'), "families/legacy-py310-cpu.toml",
-         "root.image", "no tag or digest"),
-    Case("malformed-requirement", replace("families/family-web.toml", '"gunicorn==23.0.0"', '"gunicorn=>23"'), "families/family-web.toml",
-         "requirements[2]", "malformed requirement"),
-    Case("duplicate-requirement", replace("families/family-web.toml", '"gunicorn==23.0.0"', '"gunicorn==23.0.0", "Gunicorn"'),
-         "families/family-web.toml", "requirements[3]", "listed twice"),
-    Case("url-requirement", replace("families/family-web.toml", '"gunicorn==23.0.0"', '"gunicorn @ https://example.invalid/g.whl"'),
-         "families/family-web.toml", "requirements[2]", "direct URLs"),
-    Case("bad-debian-package", replace("families/base-utils.toml", '"dumb-init"', '"Dumb Init"'), "families/base-utils.toml", "os_packages[1]",
-         "not a Debian package name"),
-    Case("port-clash", replace(WEB, "port = 7126", "port = 7124"), WEB, "port", "already used by RemoteConnectorAgent"),
-    Case("health-port-clash-with-other-port", replace(WEB, "health_port = 8126", "health_port = 7124"), WEB, "health_port", "already used"),
-    Case("port-equals-health-port", replace(SVC, "health_port = 8200", "health_port = 7200"), SVC, "health_port", "own port"),
-    Case("privileged-port", replace(SVC, "port = 7200", "port = 80"), SVC, "port", "privileged port"),
+         replace(LEGACY, 'source = "image"', 'source = "bootstrap"\nsuite = "bookworm"\npackages = ["python3-minimal", "tini"]'),
+         LEGACY, "root.suite", "Debian bookworm ships Python 3.11, but the family declares python = '3.10'", count=1),
+    Case("unknown-root-source", replace(BASE, 'source = "bootstrap"', 'source = "docker"'), BASE, "root.source", 'use "bootstrap" or "image"',
+         count=1),
+    Case("unknown-suite", replace(BASE, 'suite = "bookworm"', 'suite = "bookwrm"'), BASE, "root.suite", "did you mean 'bookworm'", count=1),
+    Case("bootstrap-without-packages", replace(BASE, "packages = [", "# packages = ["), BASE, "root.packages", "needs its Debian packages",
+         count=1),
+    Case("bootstrap-bad-package", replace(BASE, '"tini"', '"tini!"'), BASE, "root.packages[3]", "not a Debian package name", count=1),
+    Case("image-without-tag", replace(LEGACY, '"python:3.10-slim-bookworm"', '"python"'), LEGACY, "root.image", "no tag or digest", count=1),
+    Case("image-registry-port-without-tag", replace(LEGACY, '"python:3.10-slim-bookworm"', '"localhost:5000/library/python"'), LEGACY,
+         "root.image", "no tag or digest", count=1),
+    Case("image-with-space", replace(LEGACY, '"python:3.10-slim-bookworm"', '"python:3.10 slim"'), LEGACY, "root.image",
+         "needs an image reference", count=1),
+    Case("image-root-without-image", replace(LEGACY, 'image = "python:3.10-slim-bookworm"\n', ""), LEGACY, "root.image",
+         "needs an image reference", count=1),
+    Case("image-empty-tag", replace(LEGACY, '"python:3.10-slim-bookworm"', '"python:"'), LEGACY, "root.image", "tag",
+         marks=(pytest.mark.xfail(strict=True, reason="config.py accepts 'python:' (empty tag): ':' in the last segment is taken as a tag"),)),
+    # --- requirements and packages
+    Case("malformed-requirement", replace(WEB_FAM, '"gunicorn==23.0.0"', '"gunicorn=>23"'), WEB_FAM, "requirements[2]", "malformed requirement",
+         count=1),
+    Case("duplicate-requirement", replace(WEB_FAM, '"gunicorn==23.0.0"', '"gunicorn==23.0.0", "Gunicorn"'), WEB_FAM, "requirements[3]",
+         "listed twice", count=1),
+    Case("duplicate-requirement-normalized", replace(PYDEPS, '"uvicorn==0.30.6"', '"uvicorn==0.30.6", "Pydantic_Core", "pydantic.core"'),
+         PYDEPS, "requirements[5]", "listed twice", count=1),
+    Case("url-requirement", replace(WEB_FAM, '"gunicorn==23.0.0"', '"gunicorn @ https://example.invalid/g.whl"'), WEB_FAM, "requirements[2]",
+         "direct URLs", count=1),
+    Case("pip-option-requirement", replace(WEB_FAM, '"gunicorn==23.0.0"', '"-r extra.txt"'), WEB_FAM, "requirements[2]", "malformed requirement",
+         count=1),
+    Case("service-malformed-requirement", append(SVC, 'requirements = ["requests>="]\n'), SVC, "requirements[0]", "malformed requirement",
+         count=1),
+    Case("bad-debian-package", replace(UTILS, '"dumb-init"', '"Dumb Init"'), UTILS, "os_packages[1]", "not a Debian package name", count=1),
+    # --- ports and placement
+    Case("port-clash", replace(WEB, "port = 7126", "port = 7124"), WEB, "port", "port 7124 on pc2 is already used by RemoteConnectorAgent",
+         count=1),
+    Case("health-port-clash", replace(WEB, "health_port = 8126", "health_port = 8124"), WEB, "health_port",
+         "already used by RemoteConnectorAgent (health_port)", count=1),
+    Case("port-equals-health-port", replace(SVC, "health_port = 8200", "health_port = 7200"), SVC, "health_port", "own port", count=1),
+    Case("privileged-port", replace(SVC, "port = 7200", "port = 80"), SVC, "port", "privileged port", count=1),
+    Case("privileged-health-port", replace(SVC, "health_port = 8200", "health_port = 1023"), SVC, "health_port", "privileged port", count=1),
     Case("image-name-collision", write("services/Service_Registry.toml", 'family = "family-web"\nmachines = ["pc2"]\nport = 7300\nhealth_port = 8300\n'),
-         "services/Service_Registry.toml", "", "same image name 'service-registry'"),
-    Case("vram-too-big", replace("services/VisionProcessingAgent.toml", "vram_gb = 9", "vram_gb = 16"),
-         "services/VisionProcessingAgent.toml", "vram_gb", "pc2 has 12 GB"),
+         "services/Service_Registry.toml", "", "same image name 'service-registry' as 'services/ServiceRegistry.toml'", count=1),
+    Case("service-file-name", write("services/1Bad.toml", 'family = "family-web"\n'), "services/1Bad.toml", "", "must start with a letter", count=1),
+    Case("vram-too-big", replace(VISION_SVC, "vram_gb = 9", "vram_gb = 16"), VISION_SVC, "vram_gb", "needs 16 GB of GPU memory but pc2 has 12 GB",
+         count=1),
     Case("gpu-service-on-cpu-machine", both(
         write("machines/edge.toml", 'description = "CPU-only box"\n'),
         replace(TORCH_SVC, 'machines = ["mainpc"]', 'machines = ["mainpc", "edge"]'),
-    ), TORCH_SVC, "machines[1]", "cannot run on edge, which has no GPU"),
-    Case("vram-on-cpu-service", append(SVC, "vram_gb = 2\n"), SVC, "vram_gb", "uses no GPU"),
-    Case("source-escapes-repo", append(SVC, 'source = "../outside"\n'), SVC, "source", "escapes the repository"),
-    Case("source-absolute", append(SVC, 'source = "/etc"\n'), SVC, "source", "escapes the repository"),
-    Case("source-missing", append(SVC, 'source = "agents/nope"\n'), SVC, "source", "not a directory"),
-    Case("bad-env-name", append(SVC, '[env]\n"BAD-NAME" = "x"\n'), SVC, "env", "invalid entries"),
-    Case("bad-cuda-arch", replace("machines/pc2.toml", 'cuda_arch = "8.6"', 'cuda_arch = "sm_86"'), "machines/pc2.toml", "cuda_arch", "compute capability"),
-    Case("empty-smoke-run", replace("families/base-utils.toml", 'run = ["test", "-f", "/usr/share/zoneinfo/Europe/Berlin"]', "run = []"),
-         "families/base-utils.toml", "smoke[1].run", "must name a command"),
-    Case("machine-specific-dropped", write("families/family-llm-extra.toml", 'description = "x"\nparent = "family-llm-cu121"\nmachine_specific = false\n'),
-         "families/family-llm-extra.toml", "machine_specific", "built per machine"),
-    Case("empty-machines", replace(SVC, 'machines = ["mainpc"]', "machines = []"), SVC, "machines", "at least one machine"),
-    Case("bad-service-file-name", write("services/1Bad.toml", 'family = "family-web"\n'), "services/1Bad.toml", "", "must start with a letter"),
+    ), TORCH_SVC, "machines[1]", "cannot run on edge, which has no GPU", count=1),
+    Case("vram-on-cpu-service", append(SVC, "vram_gb = 2\n"), SVC, "vram_gb", "uses no GPU", count=1),
+    Case("gpu-machine-without-cuda-arch", replace(PC2, 'cuda_arch = "8.6"\n', ""), PC2, "cuda_arch", "needs its compute capability", count=1),
+    Case("gpu-machine-without-vram", replace(PC2, "vram_gb = 12\n", ""), PC2, "vram_gb", "GPU",
+         marks=(pytest.mark.xfail(strict=True, reason="a machine with gpu but no vram_gb passes as 0 GB; only the GPU services on it are "
+                                                       "blamed, never the machine file"),)),
+    # --- source paths
+    Case("source-escapes-repo", append(SVC, 'source = "../outside"\n'), SVC, "source", "escapes the repository", count=1),
+    Case("source-absolute", append(SVC, 'source = "/etc"\n'), SVC, "source", "escapes the repository", count=1),
+    Case("source-missing", append(SVC, 'source = "agents/nope"\n'), SVC, "source", "not a directory", count=1),
+    Case("source-is-a-file", append(SVC, 'source = "agents/reference_agent/agent.py"\n'), SVC, "source", "not a directory", count=1),
+    Case("source-symlink-outside", both(symlink("agents/elsewhere", "/"), append(SVC, 'source = "agents/elsewhere"\n')), SVC, "source",
+         "resolves outside the repository", count=1),
+    Case("default-source-escapes", replace(FLEET, 'source = "agents/reference_agent"', 'source = "../agents"'), FLEET,
+         "service_defaults.source", "escapes the repository", count=1),
+    Case("empty-entrypoint", append(SVC, "entrypoint = []\n"), SVC, "entrypoint", "must name the command", count=1),
+    # --- env, machines, smoke checks, settings values
+    Case("bad-env-name", append(SVC, '[env]\n"BAD-NAME" = "x"\n'), SVC, "env", "invalid entries ['BAD-NAME']", count=1),
+    Case("bad-env-value", append(SVC, '[env]\nRATIO = 0.5\n'), SVC, "env", "invalid entries ['RATIO']", count=1),
+    Case("bad-profile-name", append(PC2, '"1THREADS" = "4"\n'), PC2, "profile", "invalid entries ['1THREADS']", count=1),
+    Case("bad-cuda-arch", replace(PC2, 'cuda_arch = "8.6"', 'cuda_arch = "sm_86"'), PC2, "cuda_arch", "compute capability", count=1),
+    Case("empty-smoke-run", replace(UTILS, 'run = ["test", "-f", "/usr/share/zoneinfo/Europe/Berlin"]', "run = []"), UTILS, "smoke[1].run",
+         "must name a command", count=1),
+    Case("org-not-a-repository-namespace", replace(FLEET, 'org = "fleet"', 'org = "My Fleet"'), FLEET, "settings.org", "",
+         marks=(pytest.mark.xfail(strict=True, reason="settings.org is any string; 'My Fleet' only fails later as an invalid image "
+                                                       "reference at build/push time"),)),
 ]
 
+def _params() -> list[Any]:
+    return [pytest.param(c, id=c.id, marks=c.marks) for c in CASES]
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+
+@pytest.mark.parametrize("case", _params())
 def test_malformed_input_is_reported_with_file_and_key(case: Case, fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     case.mutate(fleet_dir)
-    code = main(["--root", str(fleet_dir), "validate"])
-    err = capsys.readouterr().err
-    assert code == 2, err
+    code, err = validate(fleet_dir, capsys)
     assert "Traceback" not in err
-    lines = [line for line in " ".join(err.split()).split(" - ") if case.file in line]
-    assert lines, f"{case.file} not named in:\n{err}"
-    assert any(f"{case.file}: {case.key}" in line and case.fragment in line for line in lines), err
+    assert code == 2, f"exit code {code}, stderr:\n{err}"
+    found = problems(err)
+    header = HEADER_RE.search(err)
+    assert header and int(header.group(1)) == len(found), err
+    assert any(line.startswith(f"{case.file}: ") or line == case.file for line in found), f"{case.file} not named in:\n{err}"
+    assert any(matches(line, case.file, case.key, case.fragment) for line in found), (
+        f"no problem '{case.file}: {case.key}: ...{case.fragment}...' in:\n{err}"
+    )
+    if case.count is not None:
+        assert len(found) == case.count, err
 
 
 def test_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 25
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES), "case ids must be unique"
 
 
 def test_all_problems_are_reported_at_once(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    replace(SVC, "health_port", "helth_port")(fleet_dir)
-    replace("machines/pc2.toml", 'cuda_arch = "8.6"', 'cuda_arch = "x"')(fleet_dir)
-    replace("families/family-web.toml", '"gunicorn==23.0.0"', '"gunicorn=>23"')(fleet_dir)
-    assert main(["--root", str(fleet_dir), "validate"]) == 2
-    err = capsys.readouterr().err
-    assert "4 problem(s)" in err  # helth_port is unknown, so health_port is also missing
-    for file in (SVC, "machines/pc2.toml", "families/family-web.toml"):
-        assert file in err
-
-
-def test_report_is_stable(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    replace(SVC, "health_port", "helth_port")(fleet_dir)
-    replace(WEB, "port = 7126", "port = 7124")(fleet_dir)
-    main(["--root", str(fleet_dir), "validate"])
-    first = capsys.readouterr().err
-    main(["--root", str(fleet_dir), "validate"])
-    assert capsys.readouterr().err == first
+    """Four independent faults in four files: all four reported in one run, nothing else."""
+    replace(FLEET, 'org = "fleet"', 'orgs = "fleet"')(fleet_dir)
+    replace(PC2, 'cuda_arch = "8.6"', 'cuda_arch = "x"')(fleet_dir)
+    replace(WEB_FAM, '"gunicorn==23.0.0"', '"gunicorn=>23"')(fleet_dir)
+    replace(SVC, "port = 7200", "port = 80")(fleet_dir)
+    code, err = validate(fleet_dir, capsys)
+    assert code == 2
+    assert "4 problem(s)" in err
+    found = problems(err)
+    assert len(found) == 4, err
+    assert [line.split(": ", 2)[:2] for line in found] == [
+        ["families/family-web.toml", "requirements[2]"],
+        ["fleet.toml", "settings.orgs"],
+        ["machines/pc2.toml", "cuda_arch"],
+        ["services/ServiceRegistry.toml", "port"],
+    ]
 
 
 def test_shipped_fleet_is_valid(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--root", str(fleet_dir), "validate"]) == 0
-    assert "63 services" in capsys.readouterr().out
+    code = main(["--root", str(fleet_dir), "validate"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "fleet is valid: 9 families, 2 machines, 63 services" in out
+    assert err == ""
+
+
+def test_report_is_sorted_and_stable(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replace(SVC, "health_port", "helth_port")(fleet_dir)
+    replace(WEB, "port = 7126", "port = 7124")(fleet_dir)
+    replace(UTILS, '"dumb-init"', '"Dumb Init"')(fleet_dir)
+    append(PC2, '"1THREADS" = "4"\n')(fleet_dir)
+    first_code, first = validate(fleet_dir, capsys)
+    # Touch the files in another order: nothing about the report may depend on it.
+    for rel in (PC2, WEB, SVC, UTILS):
+        (fleet_dir / rel).write_text((fleet_dir / rel).read_text())
+    second_code, second = validate(fleet_dir, capsys)
+    assert first_code == second_code == 2
+    assert first == second
+    found = problems(first)
+    assert len(found) == 5, first  # helth_port unknown, so health_port missing too
+    keyed = [tuple(line.split(": ", 2)) for line in found]
+    assert keyed == sorted(keyed)
+
+
+VALID_VARIANTS = [
+    pytest.param(replace(SVC, "port = 7200", "port = 1024"), id="lowest-unprivileged-port"),
+    pytest.param(replace(SVC, '["mainpc"]', '["mainpc", "pc2"]'), id="service-on-both-machines"),
+    pytest.param(replace(LEGACY, '"python:3.10-slim-bookworm"', '"localhost:5000/library/python:3.10-slim-bookworm"'), id="image-with-registry-port"),
+    pytest.param(replace(LEGACY, '"python:3.10-slim-bookworm"', '"python@sha256:' + "0" * 64 + '"'), id="image-by-digest"),
+    pytest.param(append(SVC, '[env]\nDEBUG = true\nWORKERS = 4\n'), id="env-bool-and-int-values"),
+    pytest.param(append(SVC, 'requirements = ["httpx[http2]==0.27.0; python_version >= \'3.8\'"]\n'), id="requirement-with-extras-and-marker"),
+    pytest.param(replace(MAINPC, 'cuda_arch = "8.9"', 'cuda_arch = "12.0"'), id="two-digit-compute-capability",
+                 marks=pytest.mark.xfail(strict=True, reason="ARCH_RE in config.py only takes one-digit majors; sm_100/sm_120 "
+                                                            "(compute capability 10.0, 12.0) are rejected")),
+]
+
+
+@pytest.mark.parametrize("mutate", VALID_VARIANTS)
+def test_valid_variants_are_accepted(mutate: Mutation, fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    mutate(fleet_dir)
+    code, err = validate(fleet_dir, capsys)
+    assert code == 0, err
+
+
+# --- no cascades: one fault, one problem ------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="a service without port counts as port 0 in _check_placement, so two of them on one machine "
+                                       "also report a bogus 'port 0 ... already used' clash")
+def test_missing_ports_do_not_clash(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replace(SVC, "port = 7200\n", "")(fleet_dir)
+    replace(TORCH_SVC, "port = 5800\n", "")(fleet_dir)
+    code, err = validate(fleet_dir, capsys)
+    assert code == 2
+    assert problems(err) == [
+        "services/STTService.toml: port: is required in a service definition",
+        "services/ServiceRegistry.toml: port: is required in a service definition",
+    ]
+
+
+@pytest.mark.xfail(strict=True, reason="families in a cycle (and their descendants) are dropped, so every service on them reports "
+                                       "'unknown family' (the family exists) and GPU services 'uses no GPU'")
+def test_cycle_is_reported_once(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replace(UTILS, 'parent = "base-python"', 'parent = "base-cpu-pydeps"')(fleet_dir)
+    code, err = validate(fleet_dir, capsys)
+    assert code == 2
+    assert problems(err) == [
+        "families/base-cpu-pydeps.toml: parent: cycle in the family tree: base-cpu-pydeps -> base-utils -> base-cpu-pydeps; break it"
+    ]
+
+
+@pytest.mark.xfail(strict=True, reason="a family whose parent is unknown is read as a root family, so it also reports "
+                                       "\"python: '' is not a Python version\"")
+def test_unknown_parent_is_reported_once(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replace(WEB_FAM, '"base-cpu-pydeps"', '"base-cpu-pydep"')(fleet_dir)
+    code, err = validate(fleet_dir, capsys)
+    assert code == 2
+    assert problems(err) == ["families/family-web.toml: parent: unknown family 'base-cpu-pydep'; did you mean 'base-cpu-pydeps'?"]
+
+
+@pytest.mark.xfail(strict=True, reason="when fleet.toml cannot be read, every service also reports 'no source given and fleet.toml "
+                                       "has no service_defaults.source' and a missing entrypoint (126 follow-ups)")
+def test_broken_fleet_toml_is_reported_once(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    replace(FLEET, "\n[settings]\n", "\n[settings\n")(fleet_dir)
+    code, err = validate(fleet_dir, capsys)
+    assert code == 2
+    found = problems(err)
+    assert len(found) == 1, err
+    assert found[0].startswith("fleet.toml: not valid TOML")

@@ -118,3 +118,16 @@ def test_plan_cli_unknown_service_exit_code(fleet_dir: Path, capsys: pytest.Capt
     assert main(["--root", str(fleet_dir), "plan", "NoSuchService"]) == 3
     err = capsys.readouterr().err
     assert "unknown service 'NoSuchService'" in err and "Traceback" not in err
+
+
+def test_registry_and_org_flags_override_environment_and_file(fleet_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from buildtool.__main__ import _fleet, build_parser
+
+    monkeypatch.setenv("FLEET_ORG", "from-env")
+    args = build_parser().parse_args(["--root", str(fleet_dir), "--registry", "localhost:5001", "plan"])
+    fleet = _fleet(args)
+    assert (fleet.settings.registry, fleet.settings.org) == ("localhost:5001", "from-env")
+    args = build_parser().parse_args(["--root", str(fleet_dir), "--org", "team", "plan"])
+    assert _fleet(args).settings.org == "team"
+    args = build_parser().parse_args(["--root", str(fleet_dir), "plan", "--org", "after", "--machine", "pc2"])  # as nox passes it
+    assert _fleet(args).settings.org == "after"
