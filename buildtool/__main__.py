@@ -106,6 +106,7 @@ def _options(fleet, args: argparse.Namespace, tag: str):
         org=fleet.settings.org,
         state_dir=_state_dir(args),
         ca_bundle=Path(os.environ.get("FLEET_PIP_CA", "/etc/ssl/certs/ca-certificates.crt")),
+        pip_index_env="FLEET_PIP_INDEX_URL" if os.environ.get("FLEET_PIP_INDEX_URL") else "",
         source_date_epoch=fleet.settings.source_date_epoch,
         jobs=getattr(args, "jobs", 2),
         revision=tag,

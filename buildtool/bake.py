@@ -26,7 +26,7 @@ def bake_file(plan: Plan, options: Options, contexts: Path) -> dict[str, object]
             "dockerfile": "Dockerfile",
             "args": args,
             "tags": [options.ref(step)],
-            "secret": [f"id=pip_ca,src={options.ca_bundle}"],
+            "secret": options.secrets(),
             "entitlements": ["network.host"],
             "cache-from": [f"type=registry,ref={options.cache_ref(step)}"],
             "output": ["type=docker"],

@@ -35,6 +35,7 @@ class Options:
     org: str
     state_dir: Path  # contexts, logs, root filesystems, size records
     ca_bundle: Path  # reaches builds only as the BuildKit secret "pip_ca"
+    pip_index_env: str = ""  # name of an env var holding an index URL with a token: secret "pip_index"
     source_date_epoch: int
     jobs: int = 2
     health_timeout: float = 120
@@ -42,6 +43,12 @@ class Options:
 
     def ref(self, step: Step, tag: str | None = None) -> str:
         return f"{self.registry}/{self.org}/{step.repository}:{tag or step.id_tag}"
+
+    def secrets(self) -> list[str]:
+        out = [f"id=pip_ca,src={self.ca_bundle}"]
+        if self.pip_index_env:
+            out.append(f"id=pip_index,env={self.pip_index_env}")
+        return out
 
     def cache_ref(self, step: Step) -> str:
         return f"{self.registry}/{self.org}/cache:{step.repository}"
@@ -149,7 +156,7 @@ class Executor:
                 context=context,
                 tag=ref,
                 build_args=args,
-                secrets=[f"id=pip_ca,src={o.ca_bundle}"],
+                secrets=o.secrets(),
                 cache_ref=o.cache_ref(step),
                 labels=labels,
                 log=log,

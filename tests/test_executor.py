@@ -212,3 +212,12 @@ def test_gpu_smoke_checks_run_only_where_the_engine_has_a_gpu(fleet_dir: Path, t
     assert bool(getattr(docker, "gpu_runs", [])) is gpus  # with --gpus all only where there is a GPU
     ran_gpu_check = any(argv == ("python", "-c", "pass") for _, argv in docker.checks)
     assert ran_gpu_check is gpus
+
+
+def test_pip_index_token_reaches_builds_only_as_a_secret(fleet_dir: Path, tmp_path: Path) -> None:
+    options = Options(registry="r", org="o", state_dir=tmp_path, ca_bundle=Path("/ca.crt"), source_date_epoch=0, pip_index_env="FLEET_PIP_INDEX_URL")
+    assert options.secrets() == ["id=pip_ca,src=/ca.crt", "id=pip_index,env=FLEET_PIP_INDEX_URL"]
+    fleet = load_fleet(fleet_dir)
+    text = make_plan(fleet, families=["family-web"]).step("family:family-web").rendered.dockerfile
+    assert "--mount=type=secret,id=pip_index,required=false" in text
+    assert "FLEET_PIP_INDEX_URL" not in text and "ARG PIP_INDEX_URL" not in text
