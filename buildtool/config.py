@@ -28,7 +28,10 @@ SERVICE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 PYTHON_RE = re.compile(r"^3\.[0-9]{1,2}$")
 CUDA_RE = re.compile(r"^[0-9]{2}\.[0-9]$")
-ARCH_RE = re.compile(r"^[0-9]\.[0-9]$")
+ARCH_RE = re.compile(r"^[0-9]{1,2}\.[0-9]$")
+TAG_RE = re.compile(r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$")
+ORG_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
 DEB_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
 
 
@@ -70,9 +73,18 @@ def _any(v: Any) -> tuple[Any, str | None]:
     return v, None
 
 
+def _pattern(regex: re.Pattern[str], what: str) -> Checker:
+    def check(v: Any) -> tuple[Any, str | None]:
+        if not isinstance(v, str) or not regex.match(v):
+            return None, f"{v!r} is not {what}"
+        return v, None
+
+    return check
+
+
 SETTINGS_SCHEMA: dict[str, Checker] = {
-    "registry": _str,
-    "org": _str,
+    "registry": _pattern(REGISTRY_RE, "a registry host[:port], e.g. \"127.0.0.1:5000\""),
+    "org": _pattern(ORG_RE, "an image path of lowercase letters, digits, '.', '_', '-' and '/'"),
     "suite_python": _env,
     "ignore": _strlist,
     "source_date_epoch": _int(0, 2**32),
@@ -210,7 +222,8 @@ def _source_path(c: _Collector, file: str, key: str, source: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_settings(c: _Collector, env: Mapping[str, str]) -> tuple[Settings, dict[str, Any]]:
+def _read_settings(c: _Collector, env: Mapping[str, str]) -> tuple[Settings, dict[str, Any] | None]:
+    """The settings, and the service defaults (None when fleet.toml could not be read)."""
     file = "fleet.toml"
     data = c.load_toml(c.root / file) if (c.root / file).is_file() else None
     if data is None and not (c.root / file).is_file():
@@ -218,6 +231,9 @@ def _read_settings(c: _Collector, env: Mapping[str, str]) -> tuple[Settings, dic
     top = c.table(file, "", data or {}, FLEET_SCHEMA, "fleet")
     s = c.table(file, "settings", top.get("settings", {}), SETTINGS_SCHEMA, "settings")
     d = c.table(file, "service_defaults", top.get("service_defaults", {}), SERVICE_DEFAULTS_SCHEMA, "service_defaults")
+    for var, regex in (("FLEET_REGISTRY", REGISTRY_RE), ("FLEET_ORG", ORG_RE)):
+        if env.get(var) and not regex.match(env[var]):
+            c.add("environment", var, f"{env[var]!r} is not valid here; fix or unset {var}")
     settings = Settings(
         registry=env.get("FLEET_REGISTRY") or s.get("registry", "127.0.0.1:5000"),
         org=env.get("FLEET_ORG") or s.get("org", "fleet"),
@@ -227,7 +243,7 @@ def _read_settings(c: _Collector, env: Mapping[str, str]) -> tuple[Settings, dic
     )
     if "source" in d:
         _source_path(c, file, "service_defaults.source", d["source"])
-    return settings, d
+    return settings, (d if data is not None else None)
 
 
 def _read_machines(c: _Collector) -> dict[str, Machine]:
@@ -246,6 +262,8 @@ def _read_machines(c: _Collector) -> dict[str, Machine]:
             c.add(file, "cuda_arch", f"{arch!r} is not a CUDA compute capability like '8.9'")
         if v.get("gpu") and not arch:
             c.add(file, "cuda_arch", "a machine with a GPU needs its compute capability, e.g. cuda_arch = \"8.6\"")
+        if v.get("gpu") and "vram_gb" not in v and "vram_gb" not in data:
+            c.add(file, "vram_gb", "a machine with a GPU needs its GPU memory, e.g. vram_gb = 12")
         machines[name] = Machine(
             name=name,
             file=file,
@@ -286,15 +304,16 @@ def _read_root(c: _Collector, file: str, data: Any, settings: Settings, python: 
         image = v.get("image", "")
         if not image or any(ch.isspace() for ch in image) or image != image.strip():
             c.add(file, "root.image", "an image root needs an image reference, e.g. \"python:3.11-slim-bookworm\"")
-        elif ":" not in image.rsplit("/", 1)[-1] and "@" not in image:
-            c.add(file, "root.image", f"{image!r} has no tag or digest; pin one, e.g. {image}:TAG")
+        elif not TAG_RE.search(image.rsplit("/", 1)[-1]):
+            c.add(file, "root.image", f"{image!r} has no tag or digest; pin one, e.g. {image.rstrip(':')}:TAG")
     else:
         c.add(file, "root.source", f"{source!r} is not a root source; use \"bootstrap\" or \"image\"")
         return None
     return Root(source=source, image=v.get("image", ""), suite=v.get("suite", ""), packages=v.get("packages", ()))
 
 
-def _read_families(c: _Collector, settings: Settings) -> dict[str, Family]:
+def _read_families(c: _Collector, settings: Settings) -> tuple[dict[str, Family], set[str]]:
+    """Valid families parents-first, and the names of all family files."""
     raw: dict[str, tuple[str, dict[str, Any], Any]] = {}
     for path in sorted((c.root / "families").glob("*.toml")):
         file = path.relative_to(c.root).as_posix()
@@ -318,16 +337,21 @@ def _read_families(c: _Collector, settings: Settings) -> dict[str, Family]:
     families: dict[str, Family] = {}
     for name in order:
         file, v, data = raw[name]
-        parent = families.get(v.get("parent", ""))
+        declared = v.get("parent")
+        parent = families.get(declared) if declared else None
+        # A missing parent (unknown, or dropped in a cycle) is reported once, on its own key;
+        # values are checked where they are declared, so no descendant is blamed for them.
         python = v.get("python", parent.python if parent else "")
-        if not PYTHON_RE.match(python):
+        if "python" in v and not PYTHON_RE.match(python):
             c.add(file, "python", f"{python!r} is not a Python version like \"3.11\"")
-        elif parent and python != parent.python:
+        elif "python" in v and parent and PYTHON_RE.match(parent.python) and python != parent.python:
             c.add(file, "python", f"is {python!r} but parent {parent.name!r} has {parent.python!r}; a child keeps its parent's Python")
+        elif "python" not in v and "root" in data:
+            c.add(file, "python", "a root family needs its Python version, e.g. python = \"3.11\"")
         cuda = v.get("cuda", parent.cuda if parent else "")
-        if cuda and not CUDA_RE.match(cuda):
+        if "cuda" in v and cuda and not CUDA_RE.match(cuda):
             c.add(file, "cuda", f"{cuda!r} is not a CUDA version like \"12.1\"")
-        if parent and parent.cuda and cuda != parent.cuda:
+        elif "cuda" in v and parent and parent.cuda and CUDA_RE.match(parent.cuda) and cuda != parent.cuda:
             c.add(file, "cuda", f"is {cuda!r} but parent {parent.name!r} has {parent.cuda!r}; a child keeps its parent's CUDA")
         machine_specific = v.get("machine_specific", parent.machine_specific if parent else False)
         if parent and parent.machine_specific and not machine_specific:
@@ -335,7 +359,7 @@ def _read_families(c: _Collector, settings: Settings) -> dict[str, Family]:
         gpu = v.get("gpu", parent.gpu if parent else False)
         if parent and parent.gpu and not gpu:
             c.add(file, "gpu", f"parent {parent.name!r} is a GPU family, so this one is too; remove gpu = false")
-        if gpu and not cuda:
+        if gpu and not cuda and ("gpu" in v or "cuda" in v):
             c.add(file, "cuda", "a GPU family needs its CUDA version, e.g. cuda = \"12.1\"")
         root = _read_root(c, file, data["root"], settings, python) if "root" in data else None
         reqs = v.get("requirements", ())
@@ -361,7 +385,7 @@ def _read_families(c: _Collector, settings: Settings) -> dict[str, Family]:
             vram_gb=v.get("vram_gb", parent.vram_gb if parent else 0),
             group=v.get("group", parent.group if parent and parent.group != "cpu" else ("gpu" if gpu else "cpu")),
         )
-    return families
+    return families, set(raw)
 
 
 def _read_smoke(c: _Collector, file: str, data: Any) -> tuple[SmokeCheck, ...]:
@@ -408,7 +432,12 @@ def _topo_order(c: _Collector, parents: dict[str, str | None], files: dict[str, 
     return order
 
 
-def _read_services(c: _Collector, families: dict[str, Family], machines: dict[str, Machine], defaults: dict[str, Any]) -> dict[str, Service]:
+def _read_services(
+    c: _Collector, families: dict[str, Family], defined: set[str], machines: dict[str, Machine], defaults: dict[str, Any] | None
+) -> dict[str, Service]:
+    """``defined``: every family file, including those dropped for a reported fault (no follow-ups)."""
+    known_defaults = defaults is not None
+    defaults = defaults or {}
     services: dict[str, Service] = {}
     slugs: dict[str, str] = {}
     for path in sorted((c.root / "services").glob("*.toml")):
@@ -427,8 +456,8 @@ def _read_services(c: _Collector, families: dict[str, Family], machines: dict[st
             continue
         v = c.table(file, "", data, SERVICE_SCHEMA, "service")
         family = v.get("family", "")
-        if "family" in v and family not in families:
-            c.add(file, "family", f"unknown family {family!r}; {_did_you_mean(family, families)}")
+        if "family" in v and family not in defined:
+            c.add(file, "family", f"unknown family {family!r}; {_did_you_mean(family, defined)}")
         ms = v.get("machines", ())
         if "machines" in v and not ms:
             c.add(file, "machines", "must name at least one machine")
@@ -445,10 +474,10 @@ def _read_services(c: _Collector, families: dict[str, Family], machines: dict[st
         source = v.get("source", defaults.get("source", ""))
         if "source" in v:
             _source_path(c, file, "source", source)
-        elif not source:
+        elif not source and known_defaults:
             c.add(file, "source", "no source given and fleet.toml has no service_defaults.source")
         entrypoint = v.get("entrypoint", defaults.get("entrypoint", ()))
-        if not entrypoint:
+        if not entrypoint and known_defaults:
             c.add(file, "entrypoint", "must name the command that starts the service")
         reqs = v.get("requirements", ())
         _check_requirements(c, file, "requirements", reqs)
@@ -478,13 +507,17 @@ def _check_placement(c: _Collector, fleet: Fleet) -> None:
         for m in svc.machines:
             for key in ("port", "health_port"):
                 port = getattr(svc, key)
+                if not port:  # missing: reported as required already
+                    continue
                 other = used.get((m, port))
                 if other and other[0] != svc.name:
                     c.add(svc.file, key, f"port {port} on {m} is already used by {other[0]} ({other[1]}); pick a free port")
                 else:
                     used[(m, port)] = (svc.name, key)
         fam = fleet.families.get(svc.family)
-        if fam is None or not fam.gpu:
+        if fam is None:  # unknown or dropped family: reported already
+            continue
+        if not fam.gpu:
             if svc.vram_gb:
                 c.add(svc.file, "vram_gb", f"family {svc.family!r} uses no GPU; remove vram_gb or pick a GPU family")
             continue
@@ -504,8 +537,8 @@ def load_fleet(root: Path, env: Mapping[str, str] | None = None) -> Fleet:
     c = _Collector(root)
     settings, defaults = _read_settings(c, env or {})
     machines = _read_machines(c)
-    families = _read_families(c, settings)
-    services = _read_services(c, families, machines, defaults)
+    families, defined = _read_families(c, settings)
+    services = _read_services(c, families, defined, machines, defaults)
     fleet = Fleet(root=root, settings=settings, machines=machines, families=families, services=services)
     _check_placement(c, fleet)
     c.raise_if_any()
