@@ -8,10 +8,12 @@ descendants. Dry runs, the bake file, the CI matrix and the executor all read th
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from buildtool.errors import UsageError
 from buildtool.model import Family, Fleet, Root, Service, SmokeCheck
@@ -82,7 +84,7 @@ def _sha(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _file_sha(path) -> str:
+def _file_sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
 
 
@@ -164,8 +166,6 @@ def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Ste
 
 
 def _check_names(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
-    import difflib
-
     known = list(known)
     for name in names:
         if name not in known:
