@@ -1,7 +1,8 @@
 """Root filesystems from the Debian archive (mmdebstrap), for families with ``source = "bootstrap"``.
 
-No public registry is needed. The tarball is cached by its inputs; with SOURCE_DATE_EPOCH fixed
-and logs, caches and docs removed, the same inputs give the same files.
+No public registry is needed. The tarball is cached by its inputs (sidecar ``OUT.sha256``). With
+SOURCE_DATE_EPOCH fixed, docs, logs and caches removed, and the host's resolv.conf and hostname
+left out, the same inputs and the same archive content give the same tar bytes.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from pathlib import Path
 
 from buildtool import cmd
-from buildtool.engine import ensure_host_packages
+from buildtool.engine import DEFAULT_MIRROR, ensure_host_packages, host_mirror
 
 log = logging.getLogger("buildtool.bootstrap")
 
@@ -26,25 +28,56 @@ DPKG_OPTS = [
     "path-exclude=/usr/share/info/*",
     "path-exclude=/usr/share/lintian/*",
 ]
-# Files that differ between two runs of the same inputs.
+# Removed after installation: files that differ between two runs or two hosts (mmdebstrap's own
+# cleanup already drops apt lists and dpkg/apt logs; this makes sure of it), and the host's
+# resolv.conf/hostname, which the engine mounts into every container anyway.
 CLEANUP = (
-    "rm -rf \"$1\"/var/lib/apt/lists/* \"$1\"/var/cache/apt/* \"$1\"/var/log/* \"$1\"/var/cache/ldconfig/aux-cache "
-    "\"$1\"/etc/machine-id \"$1\"/var/lib/dbus/machine-id \"$1\"/tmp/* && : > \"$1\"/etc/machine-id"
+    'cd "$1" && rm -rf var/lib/apt/lists/* var/cache/apt/*.bin var/cache/apt/archives/*.deb '
+    "var/log/dpkg.log var/log/alternatives.log var/log/apt/* var/cache/ldconfig/aux-cache "
+    "var/lib/dpkg/*-old var/cache/debconf/*-old etc/resolv.conf etc/hostname"
 )
-MIRROR = "http://deb.debian.org/debian"
+# Suites without -updates and -security archives.
+ROLLING = {"sid", "unstable", "experimental"}
+
+
+def sources(suite: str) -> list[str]:
+    """apt source lines for ``suite`` (with its updates and security archives), on the host's mirrors."""
+    debian = host_mirror("debian") or DEFAULT_MIRROR
+    lines = [f"deb {debian} {suite} main"]
+    if suite not in ROLLING:
+        security = host_mirror("debian-security") or "http://deb.debian.org/debian-security"
+        lines += [f"deb {debian} {suite}-updates main", f"deb {security} {suite}-security main"]
+    return lines
+
+
+def mmdebstrap_argv(*, suite: str, packages: list[str], out: Path, variant: str) -> list[str]:
+    """The mmdebstrap command line that writes the root filesystem tarball ``out``."""
+    argv = ["mmdebstrap", f"--variant={variant}", "--mode=root", "--format=tar", "--quiet"]
+    argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
+    argv += [f"--include={','.join(packages)}", f"--customize-hook={CLEANUP}"]
+    return [*argv, suite, str(out), *sources(suite)]
 
 
 def bootstrap_rootfs(*, suite: str, packages: list[str], out: Path, source_date_epoch: int, variant: str = "minbase") -> Path:
-    """Write a root filesystem tarball of ``suite`` with ``packages`` to ``out`` (skipped when cached)."""
-    inputs = hashlib.sha256(json.dumps([suite, sorted(packages), source_date_epoch, variant, DPKG_OPTS, CLEANUP, MIRROR]).encode()).hexdigest()
-    stamp = out.with_name(out.name + ".inputs")
-    if out.is_file() and stamp.is_file() and stamp.read_text() == inputs:
+    """Write a root filesystem tarball of Debian ``suite`` with ``packages`` to ``out``; return ``out``.
+
+    Skipped when ``out`` exists and its sidecar ``out.sha256`` holds the digest of these inputs.
+    """
+    argv = mmdebstrap_argv(suite=suite, packages=sorted(packages), out=out, variant=variant)
+    digest = hashlib.sha256(json.dumps({"argv": argv, "source_date_epoch": source_date_epoch}).encode()).hexdigest()
+    sidecar = out.with_name(out.name + ".sha256")
+    if out.is_file() and sidecar.is_file() and sidecar.read_text().strip() == digest:
+        log.info("root filesystem %s is cached", out)
         return out
     ensure_host_packages(["mmdebstrap"])
-    argv = ["mmdebstrap", f"--variant={variant}", "--mode=root", "--format=tar", "--quiet"]
-    argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
-    argv += [f"--include={','.join(packages)}", f"--customize-hook={CLEANUP}", suite, str(out), MIRROR]
-    log.info("bootstrapping %s with %s", suite, ", ".join(packages))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial.tar")
+    log.info("bootstrapping %s with %s", suite, ", ".join(sorted(packages)))
+    started = time.monotonic()
+    argv = mmdebstrap_argv(suite=suite, packages=sorted(packages), out=partial, variant=variant)
     cmd.run(argv, env={"SOURCE_DATE_EPOCH": str(source_date_epoch)}, timeout=1800)
-    stamp.write_text(inputs)
+    sidecar.unlink(missing_ok=True)
+    partial.replace(out)
+    sidecar.write_text(digest + "\n")
+    log.info("root filesystem %s: %.0f MB in %.0fs", out, out.stat().st_size / 1e6, time.monotonic() - started)
     return out

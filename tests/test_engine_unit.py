@@ -37,17 +37,6 @@ def test_missing_packages_as_non_root_are_named(monkeypatch: pytest.MonkeyPatch)
         engine.ensure_host_packages(["docker.io", "mmdebstrap"])
 
 
-def test_install_uses_target_release(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-    monkeypatch.setattr(engine, "_installed", lambda p: False)
-    monkeypatch.setattr(engine, "can_install", lambda: True)
-    monkeypatch.setattr(engine.cmd, "run", lambda argv, **kw: calls.append(argv) or subprocess.CompletedProcess(argv, 0, "", ""))
-    monkeypatch.setattr(engine, "_apt_updated", False)
-    engine.ensure_host_packages(["docker.io", "docker-buildx"], release="trixie")
-    assert calls[0][-2:] == ["update", "-qq"]
-    assert calls[1][-4:] == ["-t", "trixie", "docker.io", "docker-buildx"]
-
-
 def test_registry_only_on_loopback(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="only loopback"):
         engine.ensure_registry("10.0.0.5:5000", storage_dir=tmp_path, state_dir=tmp_path)
