@@ -125,7 +125,7 @@ def _constraints_file(target: Target, tmp: Path) -> Path | None:
 
 def _uv_argv(target: Target, infile: Path, outfile: Path, constraints: Path | None) -> list[str]:
     argv = [
-        "uv", "pip", "compile", "--no-config", "--quiet",
+        "uv", "pip", "compile", "--no-config", "--no-python-downloads", "--quiet",
         "--generate-hashes",
         "--python-version", target.python,
         "--python-platform", PLATFORM,

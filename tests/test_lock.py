@@ -120,6 +120,7 @@ def test_uv_command_line_and_constraints(fleet_dir: Path, monkeypatch: pytest.Mo
     for flag, value in (("--python-version", "3.11"), ("--python-platform", locking.PLATFORM), ("--index-url", locking.INDEX_URL)):
         assert argv[argv.index(flag) + 1] == value
     assert "--generate-hashes" in argv and "--no-config" in argv
+    assert "--no-python-downloads" in argv  # else uv fetches a CPython from GitHub for other versions
     assert kwargs["env"]["PIP_CONFIG_FILE"] == "/dev/null"
     written = read_lock(target.path)
     assert written.header_value(locking.INPUTS_KEY) == target.inputs_hash()
