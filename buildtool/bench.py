@@ -25,13 +25,12 @@ from rich.table import Table
 from buildtool import bake, build, lock
 from buildtool.bootstrap import bootstrap_rootfs
 from buildtool.cmd import run
-from buildtool.config import load_fleet
+from buildtool.config import FLEET_PARTS, load_fleet
 from buildtool.console import console
 from buildtool.errors import CommandError
 from buildtool.plan import make_plan
 
 SERVICES = ["ServiceRegistry", "MemoryFusionHub", "CacheManager", "SelfHealingSupervisor"]
-FLEET_PARTS = ("fleet.toml", "families", "machines", "services", "lockfiles", "agents")
 
 
 def _copy_fleet(src: Path, dest: Path) -> None:

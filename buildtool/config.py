@@ -18,6 +18,9 @@ from packaging.requirements import InvalidRequirement, Requirement
 from buildtool.errors import ConfigError, Problem
 from buildtool.model import Family, Fleet, Machine, Root, Service, Settings, SmokeCheck, image_slug
 
+# What a copy of the fleet needs (tests and the bench work on copies).
+FLEET_PARTS = ("fleet.toml", "families", "machines", "services", "lockfiles", "agents")
+
 # ---------------------------------------------------------------------------------------------
 # A small schema language: each key maps to a checker that returns (value, error message or None).
 

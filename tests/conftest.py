@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from buildtool.config import FLEET_PARTS
+
 REPO = Path(__file__).resolve().parent.parent
-FLEET_PARTS = ("fleet.toml", "families", "machines", "services", "lockfiles", "agents")
 
 OPTIONS = {
     "engine": "--run-engine",
