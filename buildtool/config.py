@@ -16,7 +16,7 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 
 from buildtool.errors import ConfigError, Problem
-from buildtool.model import Family, Fleet, Machine, Root, Service, Settings, SmokeCheck, image_slug
+from buildtool.model import Builder, Family, Fleet, Machine, Root, Service, Settings, SmokeCheck, image_slug
 
 # What a copy of the fleet needs (tests and the bench work on copies).
 FLEET_PARTS = ("fleet.toml", "families", "machines", "services", "lockfiles", "agents")
@@ -103,6 +103,7 @@ MACHINE_SCHEMA: dict[str, Checker] = {
 }
 ROOT_SCHEMA: dict[str, Checker] = {"source": _str, "image": _str, "suite": _str, "packages": _strlist}
 SMOKE_SCHEMA: dict[str, Checker] = {"name": _str, "run": _strlist, "gpu": _bool}
+BUILDER_SCHEMA: dict[str, Checker] = {"os_packages": _strlist, "requirements": _strlist, "setup": _str, "env": _env}
 FAMILY_SCHEMA: dict[str, Checker] = {
     "description": _str,
     "parent": _str,
@@ -118,6 +119,7 @@ FAMILY_SCHEMA: dict[str, Checker] = {
     "budget_mb": _int(1, 100_000),
     "vram_gb": _int(0, 1024),
     "group": _str,
+    "builder": _any,
 }
 SERVICE_SCHEMA: dict[str, Checker] = {
     "family": _str,
@@ -210,7 +212,7 @@ def _check_requirements(c: _Collector, file: str, key: str, reqs: tuple[str, ...
         seen.add(name)
 
 
-def _source_path(c: _Collector, file: str, key: str, source: str) -> None:
+def _source_path(c: _Collector, file: str, key: str, source: str, *, want_file: bool = False) -> None:
     p = PurePosixPath(source)
     if p.is_absolute() or ".." in p.parts:
         c.add(file, key, f"{source!r} escapes the repository; use a path inside it, relative to the repository root")
@@ -218,7 +220,9 @@ def _source_path(c: _Collector, file: str, key: str, source: str) -> None:
     full = (c.root / p).resolve()
     if not full.is_relative_to(c.root.resolve()):
         c.add(file, key, f"{source!r} resolves outside the repository (symlink?); use a path inside it")
-    elif not full.is_dir():
+    elif want_file and not full.is_file():
+        c.add(file, key, f"{source!r} is not a file in the repository; create it or fix the path")
+    elif not want_file and not full.is_dir():
         c.add(file, key, f"{source!r} is not a directory in the repository; create it or fix the path")
 
 
@@ -370,6 +374,7 @@ def _read_families(c: _Collector, settings: Settings) -> tuple[dict[str, Family]
         for i, pkg in enumerate(v.get("os_packages", ())):
             if not DEB_RE.match(pkg):
                 c.add(file, f"os_packages[{i}]", f"{pkg!r} is not a Debian package name")
+        builder = _read_builder(c, file, data["builder"], bool(reqs)) if "builder" in data else None
         families[name] = Family(
             name=name,
             file=file,
@@ -387,8 +392,32 @@ def _read_families(c: _Collector, settings: Settings) -> tuple[dict[str, Family]
             budget_mb=v.get("budget_mb", parent.budget_mb if parent else 100),
             vram_gb=v.get("vram_gb", parent.vram_gb if parent else 0),
             group=v.get("group", parent.group if parent and parent.group != "cpu" else ("gpu" if gpu else "cpu")),
+            builder=builder,
         )
     return families, set(raw)
+
+
+def _read_builder(c: _Collector, file: str, data: Any, has_requirements: bool) -> Builder:
+    v = c.table(file, "builder", data, BUILDER_SCHEMA, "builder")
+    if not has_requirements:
+        c.add(file, "builder", "build tools serve a family's own requirements, and this family has none; remove [builder]")
+    reqs = v.get("requirements", ())
+    _check_requirements(c, file, "builder.requirements", reqs)
+    for i, line in enumerate(reqs):
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue  # reported above
+        specs = list(req.specifier)
+        if not req.url and (len(specs) != 1 or specs[0].operator != "=="):
+            fix = "build requirements are locked without their dependencies, so pin each exactly (name==version)"
+            c.add(file, f"builder.requirements[{i}]", f"{line!r}: {fix}")
+    for i, pkg in enumerate(v.get("os_packages", ())):
+        if not DEB_RE.match(pkg):
+            c.add(file, f"builder.os_packages[{i}]", f"{pkg!r} is not a Debian package name")
+    if "setup" in v:
+        _source_path(c, file, "builder.setup", v["setup"], want_file=True)
+    return Builder(os_packages=v.get("os_packages", ()), requirements=reqs, setup=v.get("setup", ""), env=v.get("env", ()))
 
 
 def _read_smoke(c: _Collector, file: str, data: Any) -> tuple[SmokeCheck, ...]:

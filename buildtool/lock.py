@@ -21,7 +21,7 @@ from buildtool import cmd
 from buildtool.errors import CommandError, LockError
 from buildtool.lockfile import read_lock
 from buildtool.model import Fleet
-from buildtool.render import lock_path
+from buildtool.render import build_lock_name, lock_path
 
 log = logging.getLogger("buildtool.lock")
 
@@ -42,16 +42,19 @@ class Target:
     python: str
     requirements: tuple[str, ...]
     constraints: Path | None  # the parent's (or family's) lock
+    no_deps: bool = False  # build requirements: exactly the listed packages, each pinned
 
     def inputs_hash(self) -> str:
         parent = read_lock(self.constraints) if self.constraints else None
-        data = {
+        data: dict[str, object] = {
             "python": self.python,
             "platform": PLATFORM,
             "index": INDEX_URL,
             "requirements": sorted(self.requirements),
             "constraints": sorted(f"{p.name}=={p.version}" for p in parent.pins.values()) if parent else [],
         }
+        if self.no_deps:
+            data["no_deps"] = True
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 
@@ -68,6 +71,18 @@ def targets(fleet: Fleet, names: list[str] | None = None) -> list[Target]:
                     python=fam.python,
                     requirements=fam.requirements,
                     constraints=lock_path(fleet, parent.name) if parent else None,
+                )
+            )
+        if fam.builder and fam.builder.requirements:
+            # Build tools are locked against the family's own lock, so a package both need has one version.
+            out.append(
+                Target(
+                    name=build_lock_name(fam.name),
+                    path=lock_path(fleet, build_lock_name(fam.name)),
+                    python=fam.python,
+                    requirements=fam.builder.requirements,
+                    constraints=lock_path(fleet, fam.name),
+                    no_deps=True,
                 )
             )
     for svc in fleet.services.values():
@@ -135,6 +150,8 @@ def _uv_argv(target: Target, infile: Path, outfile: Path, constraints: Path | No
     ]  # fmt: skip
     if constraints:
         argv += ["--constraints", str(constraints)]
+    if target.no_deps:
+        argv.append("--no-deps")
     return argv + [str(infile)]
 
 
@@ -142,6 +159,8 @@ def _pip_compile_argv(target: Target, infile: Path, outfile: Path, constraints: 
     running = f"{sys.version_info.major}.{sys.version_info.minor}"
     if target.python != running:
         raise LockError(f"{target.name}: pip-compile locks for the running Python ({running}) only, this needs {target.python}; use --engine uv")
+    if target.no_deps:
+        raise LockError(f"{target.name}: pip-compile cannot lock packages without their dependencies; use --engine uv")
     argv = [
         "pip-compile", "--quiet", "--generate-hashes", "--strip-extras", "--allow-unsafe",
         "--index-url", INDEX_URL, "--no-emit-index-url",

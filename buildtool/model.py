@@ -36,6 +36,21 @@ class Root:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Builder:
+    """Build-only tools of a family that compiles packages from source.
+
+    They live in the builder stage and never reach the image: Debian packages, hash-locked Python
+    build requirements (locked without their dependencies, in ``lockfiles/FAMILY.build.txt``), a
+    setup script run after they are installed, and the environment of the compile step.
+    """
+
+    os_packages: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+    setup: str = ""  # script path relative to the repository root
+    env: Pairs = ()
+
+
+@dataclass(frozen=True, kw_only=True)
 class Family:
     name: str
     file: str
@@ -53,6 +68,7 @@ class Family:
     budget_mb: int
     vram_gb: int
     group: str  # selection group for build_families: "cpu", "gpu", "legacy", ...
+    builder: Builder | None = None
 
     @property
     def has_python_deps(self) -> bool:

@@ -78,6 +78,11 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def build_lock_name(family: str) -> str:
+    """The lock of a family's build requirements (``[builder]``)."""
+    return f"{family}.build"
+
+
 def lock_path(fleet: Fleet, family: str | None = None, service: str | None = None) -> Path:
     if service is not None:
         return fleet.root / LOCK_DIR / "services" / f"{service}.txt"
@@ -127,6 +132,12 @@ def family_requirements(fleet: Fleet, family: Family) -> str:
     return install_set(read_lock(lock_path(fleet, family.name)), parent)
 
 
+def build_requirements(fleet: Fleet, family: Family) -> str:
+    """The family's build tools that its parent image does not already hold."""
+    parent = read_lock(lock_path(fleet, family.parent)) if family.parent else None
+    return install_set(read_lock(lock_path(fleet, build_lock_name(family.name))), parent)
+
+
 def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rendered:
     """The Dockerfile and context of one family (``machine`` only for machine-specific families)."""
     env = (ROOT_ENV if family.root else ()) + family.env
@@ -153,6 +164,10 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
         files.append(("requirements.txt", family_requirements(fleet, family).encode()))
     if family.machine_specific and machine is not None:
         files.append(("machine-profile.json", machine_profile(machine)))
+    if family.builder and family.builder.requirements:
+        files.append(("build-requirements.txt", build_requirements(fleet, family).encode()))
+    if family.builder and family.builder.setup:
+        files.append(("builder-setup.sh", (fleet.root / family.builder.setup).read_bytes()))
     return Rendered(dockerfile=text, files=tuple(files))
 
 

@@ -152,6 +152,7 @@ WEB = "services/UnifiedWebAgent.toml"  # family-web on pc2, 7126 / 8126 (RemoteC
 TORCH_SVC = "services/STTService.toml"  # family-torch-cu121 on mainpc
 VISION_SVC = "services/VisionProcessingAgent.toml"  # family-vision-cu121 on pc2, vram_gb = 9
 NEW_FAM = "families/family-llm-extra.toml"
+LLM = "families/family-llm-cu121.toml"
 LLM_CHILD = 'description = "a child of the machine-specific LLM family"\nparent = "family-llm-cu121"\n'
 
 CASES = [
@@ -299,6 +300,21 @@ CASES = [
     Case("bad-cuda-arch", replace(PC2, 'cuda_arch = "8.6"', 'cuda_arch = "sm_86"'), PC2, "cuda_arch", "compute capability", count=1),
     Case("empty-smoke-run", replace(UTILS, 'run = ["test", "-f", "/usr/share/zoneinfo/Europe/Berlin"]', "run = []"), UTILS, "smoke[1].run",
          "must name a command", count=1),
+    # --- [builder]: build-only tools of a family that compiles from source
+    Case("builder-unknown-key", replace(LLM, 'setup = "families/', 'set_up = "families/'), LLM, "builder.set_up", "did you mean 'setup'",
+         count=1),
+    Case("builder-unpinned-requirement", replace(LLM, '"cmake==4.4.4"', '"cmake>=3.21"'), LLM, "builder.requirements[4]", "pin each exactly",
+         count=1),
+    Case("builder-malformed-requirement", replace(LLM, "\"cmake==4.4.4\"", "\"cmake=4.4.4\""), LLM, "builder.requirements[4]", "malformed requirement",
+         count=1),
+    Case("builder-setup-missing", replace(LLM, 'setup = "families/cuda-clang-root.sh"', 'setup = "families/nope.sh"'), LLM, "builder.setup",
+         "not a file", count=1),
+    Case("builder-setup-escapes", replace(LLM, 'setup = "families/cuda-clang-root.sh"', 'setup = "../x.sh"'), LLM, "builder.setup",
+         "escapes the repository", count=1),
+    Case("builder-bad-os-package", replace(LLM, 'os_packages = ["clang-19"]', 'os_packages = ["Clang 19"]'), LLM, "builder.os_packages[0]",
+         "not a Debian package name", count=1),
+    Case("builder-without-requirements", append(UTILS, '\n[builder]\nos_packages = ["clang-19"]\n'), UTILS, "builder", "has none",
+         count=1),
     Case("org-not-a-repository-namespace", replace(FLEET, 'org = "fleet"', 'org = "My Fleet"'), FLEET, "settings.org", ""),
 ]
 

@@ -127,6 +127,28 @@ def test_uv_command_line_and_constraints(fleet_dir: Path, monkeypatch: pytest.Mo
     assert locking.check(fleet) == [] or all("family-web" not in p for p in locking.check(fleet))
 
 
+def test_build_requirements_lock_without_dependencies(fleet_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def fake_run(argv, **kwargs):
+        calls.append(list(argv))
+        out = Path(argv[argv.index("--output-file") + 1])
+        out.write_text("cmake==4.4.4 \\\n    --hash=sha256:abc\n")
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(locking.cmd, "run", fake_run)
+    fleet = load_fleet(fleet_dir)
+    (target,) = locking.targets(fleet, ["family-llm-cu121.build"])
+    assert target.no_deps and target.constraints == fleet_dir / "lockfiles" / "family-llm-cu121.txt"
+    assert target.path == fleet_dir / "lockfiles" / "family-llm-cu121.build.txt"
+    locking.compile_target(target)
+    assert "--no-deps" in calls[0]
+    (family,) = locking.targets(fleet, ["family-llm-cu121"])
+    assert family.inputs_hash() != target.inputs_hash()
+    with pytest.raises(LockError, match="cannot lock packages without their dependencies"):
+        locking.compile_target(target, engine="pip-compile")
+
+
 def test_pip_compile_refuses_another_python(fleet_dir: Path) -> None:
     (target,) = locking.targets(load_fleet(fleet_dir), ["legacy-py310-cpu"])
     with pytest.raises(LockError, match="use --engine uv"):

@@ -105,6 +105,28 @@ def test_child_family_installs_only_its_own_pins(fleet) -> None:
     assert "numpy==" not in reqs and "fastapi==" not in reqs  # installed by base-cpu-pydeps
 
 
+def test_source_builds_get_their_tools_in_the_builder_stage_only(fleet) -> None:
+    llm = fleet.families["family-llm-cu121"]
+    for machine, arch in (("mainpc", "89"), ("pc2", "86")):
+        rendered = render_family(fleet, llm, fleet.machines[machine])
+        builder, runtime = rendered.dockerfile.split("AS runtime")
+        assert f"ARG CMAKE_CUDA_ARCHITECTURES={arch}\n" in builder
+        assert "-DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES}" in builder
+        assert "clang-19" in builder and "clang-19" not in runtime.replace("CMAKE_ARGS", "")
+        assert "build-requirements.txt" in builder and "builder-setup.sh" in builder
+        # Compiled wheels must not come from pip's cache, which ignores CMAKE_ARGS and the architecture.
+        assert "--no-build-isolation --no-cache-dir --prefix=/install -r /tmp/requirements.txt" in builder
+        files = dict(rendered.files)
+        assert "nvidia-cuda-nvcc-cu12==12.1.105" in files["build-requirements.txt"].decode()
+        assert "cmake==" in files["build-requirements.txt"].decode()
+        assert files["builder-setup.sh"] == (fleet.root / llm.builder.setup).read_bytes()
+    mainpc, pc2 = (render_family(fleet, llm, fleet.machines[m]) for m in ("mainpc", "pc2"))
+    assert mainpc.digest() != pc2.digest()
+    # A family without [builder] installs with build isolation and pip's cache, as before.
+    web = render_family(fleet, fleet.families["family-web"], None).dockerfile
+    assert "--no-build-isolation" not in web and "build-requirements.txt" not in web
+
+
 def test_dockerignore_excludes_blueprint_dirs(fleet) -> None:
     ignore = dict(render_family(fleet, fleet.families["base-utils"], None).files)[".dockerignore"].decode()
     for entry in ("**/models", "**/data", "**/logs", "**/__pycache__"):
