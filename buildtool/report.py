@@ -37,6 +37,7 @@ class ImageSize:
     largest: list[Layer] = field(default_factory=list)
     cuda_bytes: int | None = None  # GPU images: bytes of CUDA libraries in the final filesystem
     cuda_duplicates: dict[str, list[str]] = field(default_factory=dict)  # library -> paths, when >1
+    packages: list[tuple[str, int]] = field(default_factory=list)  # biggest site-packages entries
 
     @property
     def over_budget(self) -> bool:
@@ -79,8 +80,8 @@ def _layer_files(registry: Registry, repo: str, digest: str, cache_dir: Path) ->
     return [tuple(x) for x in json.loads(cached.read_text())]
 
 
-def cuda_inventory(registry: Registry, repo: str, ref: str, cache_dir: Path) -> tuple[int, dict[str, list[str]]]:
-    """CUDA library bytes in the image's final filesystem, and libraries present at more than one path."""
+def final_files(registry: Registry, repo: str, ref: str, cache_dir: Path) -> dict[str, int]:
+    """Path -> size of every regular file in the image's final filesystem (whiteouts applied)."""
     manifest = registry.image_manifest(repo, ref)
     files: dict[str, int] = {}
     for layer in manifest.data.get("layers", []) if manifest else []:
@@ -92,6 +93,11 @@ def cuda_inventory(registry: Registry, repo: str, ref: str, cache_dir: Path) -> 
                     del files[p]
             else:
                 files[path] = size
+    return files
+
+
+def cuda_inventory(files: dict[str, int]) -> tuple[int, dict[str, list[str]]]:
+    """CUDA library bytes, and libraries present at more than one path."""
     by_name: dict[str, list[str]] = defaultdict(list)
     total = 0
     for path, size in files.items():
@@ -100,6 +106,23 @@ def cuda_inventory(registry: Registry, repo: str, ref: str, cache_dir: Path) -> 
             total += size
             by_name[name].append(path)
     return total, {name: sorted(paths) for name, paths in by_name.items() if len(paths) > 1}
+
+
+# nvidia/ is a namespace shared by every CUDA wheel: count its subfolders (cublas, cudnn, ...) apart.
+NAMESPACES = ("nvidia",)
+
+
+def largest_packages(files: dict[str, int], top: int = 5) -> list[tuple[str, int]]:
+    """The biggest top-level folders of the Python environments' site-packages (uncompressed bytes)."""
+    sizes: dict[str, int] = defaultdict(int)
+    for path, size in files.items():
+        _, sep, rest = path.partition("site-packages/")
+        if not sep or "/" not in rest:
+            continue
+        parts = rest.split("/")
+        name = "/".join(parts[:2]) if parts[0] in NAMESPACES and len(parts) > 2 else parts[0]
+        sizes[name] += size
+    return sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
 
 
 def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
@@ -111,7 +134,8 @@ def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, 
             continue  # not in the registry (failed or never built)
         uncompressed = _uncompressed(registry, repo, step.id_tag, state_dir / "blob-sizes")
         prev = registry.layer_sizes(repo, PREVIOUS)
-        cuda_bytes, dupes = cuda_inventory(registry, repo, step.id_tag, state_dir / "layer-files") if step.gpu else (None, {})
+        files = final_files(registry, repo, step.id_tag, state_dir / "layer-files")
+        cuda_bytes, dupes = cuda_inventory(files) if step.gpu else (None, {})
         out.append(
             ImageSize(
                 repository=step.repository,
@@ -124,6 +148,7 @@ def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, 
                 largest=sorted(layers, key=lambda layer: -layer.size)[:3],
                 cuda_bytes=cuda_bytes,
                 cuda_duplicates=dupes,
+                packages=largest_packages(files),
             )
         )
     return out
@@ -151,6 +176,10 @@ def markdown(sizes: list[ImageSize]) -> str:
     for s in sizes:
         for name, paths in s.cuda_duplicates.items():
             lines.append(f"\n**{s.repository}**: `{name}` is present {len(paths)} times: " + ", ".join(f"`{p}`" for p in paths))
+    packaged = [s for s in sizes if s.packages]
+    if packaged:
+        lines += ["", "Biggest Python packages (uncompressed MB):", ""]
+        lines += [f"- {s.repository} ({s.machine}): " + ", ".join(f"{name} {_mb(size)}" for name, size in s.packages) for s in packaged]
     return "\n".join(lines) + "\n"
 
 
@@ -166,10 +195,12 @@ def table(sizes: list[ImageSize]) -> Table:
 
 
 def largest_layers(sizes: list[ImageSize]) -> str:
-    lines = ["largest layers (compressed MB):"]
+    lines = ["largest layers (compressed MB) and Python packages (uncompressed MB):"]
     for s in sizes:
         lines.append(f"  {s.repository} ({s.machine})")
         lines += [f"    {_mb(layer.size):>8}  {layer.created_by[:100]}" for layer in s.largest]
+        if s.packages:
+            lines.append("    packages: " + ", ".join(f"{name} {_mb(size)}" for name, size in s.packages))
     return "\n".join(lines)
 
 
@@ -192,4 +223,7 @@ def show(sizes: list[ImageSize]) -> None:
 
 def load(state_dir: Path) -> list[ImageSize]:
     data = json.loads((state_dir / "reports" / "sizes.json").read_text())
-    return [ImageSize(**{**d, "largest": [Layer(**layer) for layer in d["largest"]]}) for d in data]
+    return [
+        ImageSize(**{**d, "largest": [Layer(**layer) for layer in d["largest"]], "packages": [tuple(p) for p in d.get("packages", [])]})
+        for d in data
+    ]
