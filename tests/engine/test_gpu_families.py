@@ -1,15 +1,18 @@
 """The CUDA families, built for real (several GB; run with --run-gpu-families).
 
-Builds base-gpu-cu121, family-torch-cu121 and family-vision-cu121 with a vision service into a
-fresh registry org. Verification runs every smoke check of each family's lineage (CUDA and cuDNN
-load, torch is the CUDA 12.1 build and works with numpy, onnxruntime's CUDA provider resolves
-its libraries); the report must find the CUDA libraries exactly once per image.
+Builds the four CUDA families (family-llm-cu121 compiled for each machine) with a vision service
+and ModelOpsCoordinator into a fresh registry org. Verification runs every smoke check of each
+family's lineage (CUDA and cuDNN load, torch is the CUDA 12.1 build and works with numpy,
+onnxruntime's CUDA provider resolves its libraries, llama.cpp is a CUDA build for the machine's
+architecture) and each service must reach healthy; the report must find the CUDA libraries
+exactly once per image. About 45 minutes on 2 cores from a cold cache.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -26,8 +29,9 @@ def run(tmp_path_factory: pytest.TempPathFactory):
     state = Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
     saved = {k: os.environ.get(k) for k in ("FLEET_ORG", "FLEET_STATE_DIR", "FORCE_IMAGE_TAG")}
     os.environ.update({"FLEET_ORG": f"gpu-test-{int(time.time())}", "FLEET_STATE_DIR": str(state), "FORCE_IMAGE_TAG": "gpu-1"})
-    code = main(["--root", str(REPO), "build", "--family", "family-torch-cu121", "--family", "family-vision-cu121", "VisionProcessingAgent"])
-    yield code, state
+    org = os.environ["FLEET_ORG"]
+    code = main(["--root", str(REPO), "build", "--gpu", "VisionProcessingAgent", "ModelOpsCoordinator"])
+    yield code, state, org
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -35,17 +39,58 @@ def run(tmp_path_factory: pytest.TempPathFactory):
             os.environ[k] = v
 
 
-def test_gpu_families_and_a_vision_service_build_and_verify(run) -> None:
-    code, state = run
+GPU_IMAGES = (
+    "base-gpu-cu121",
+    "family-torch-cu121",
+    "family-vision-cu121",
+    "family-llm-cu121-mainpc",
+    "family-llm-cu121-pc2",
+)
+
+
+def test_gpu_families_and_services_build_and_verify(run) -> None:
+    code, state, _ = run
     assert code == 0
     results = {r["repository"]: r["status"] for r in json.loads((state / "reports" / "last-run.json").read_text())["results"]}
-    for repo in ("base-gpu-cu121", "family-torch-cu121", "family-vision-cu121", "vision-processing-agent-cu121-pc2"):
+    for repo in (*GPU_IMAGES, "vision-processing-agent-cu121-pc2", "model-ops-coordinator-cu121-mainpc"):
         assert results[repo] in ("built", "cached"), results
 
 
+# Lists the (kind, architecture) of every CUDA image in llama.cpp's libraries, from their fatbins.
+FATBIN_ARCHS = """
+import glob, json, os, struct, llama_cpp
+magic, found = struct.pack('<I', 0xBA55ED50), set()
+for lib in glob.glob(os.path.join(os.path.dirname(llama_cpp.__file__), 'lib*.so')):
+    data = open(lib, 'rb').read()
+    at = data.find(magic)
+    while at != -1:
+        _, _, header, size = struct.unpack_from('<IHHQ', data, at)
+        entry, end = at + header, at + header + size
+        while entry < end:
+            kind, _, entry_header, payload = struct.unpack_from('<HHIQ', data, entry)
+            found.add((kind, struct.unpack_from('<I', data, entry + 28)[0]))
+            entry += entry_header + payload
+        at = data.find(magic, end)
+print(json.dumps(sorted(found)))
+"""
+
+
+@pytest.mark.parametrize(("machine", "arch"), [("mainpc", 89), ("pc2", 86)])
+def test_llama_cpp_is_compiled_for_each_machine(run, machine: str, arch: int) -> None:
+    code, _, org = run
+    assert code == 0
+    ref = f"127.0.0.1:5000/{org}/family-llm-cu121-{machine}:gpu-1"
+    proc = subprocess.run(
+        ["docker", "run", "--rm", "--network=none", ref, "python", "-c", FATBIN_ARCHS],
+        capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == [[1, arch], [2, arch]]  # PTX and cubin, this machine's only
+
+
 def test_cuda_libraries_are_present_once(run) -> None:
-    _, state = run
+    _, state, _ = run
     sizes = {d["repository"]: d for d in json.loads((state / "reports" / "sizes.json").read_text())}
-    for repo in ("base-gpu-cu121", "family-torch-cu121", "family-vision-cu121"):
+    for repo in GPU_IMAGES:
         assert sizes[repo]["cuda_bytes"] > 1_000_000_000, sizes[repo]
         assert sizes[repo]["cuda_duplicates"] == {}, sizes[repo]["cuda_duplicates"]
