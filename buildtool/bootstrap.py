@@ -1,8 +1,10 @@
-"""Root filesystems from the Debian archive (mmdebstrap), for families with ``source = "bootstrap"``.
+"""Root filesystems from the Debian or Ubuntu archive (mmdebstrap), for ``source = "bootstrap"``.
 
-No public registry is needed. The tarball is cached by its inputs (sidecar ``OUT.sha256``). With
-SOURCE_DATE_EPOCH fixed, docs, logs and caches removed, and the host's resolv.conf and hostname
-left out, the same inputs and the same archive content give the same tar bytes.
+No public registry is needed. Ubuntu suites serve the Pythons Debian does not ship (jammy: 3.10,
+with Ubuntu's security updates); their archive key comes from Debian's ``ubuntu-keyring``.
+The tarball is cached by its inputs (sidecar ``OUT.sha256``). With SOURCE_DATE_EPOCH fixed, docs,
+logs and caches removed, and the host's resolv.conf and hostname left out, the same inputs and
+the same archive content give the same tar bytes.
 """
 
 from __future__ import annotations
@@ -38,10 +40,16 @@ CLEANUP = (
 )
 # Suites without -updates and -security archives.
 ROLLING = {"sid", "unstable", "experimental"}
+# Ubuntu suites: one archive serves every pocket; tini is in universe.
+UBUNTU_SUITES = {"focal", "jammy", "noble"}
+UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
+UBUNTU_KEYRING = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
 
 
 def sources(suite: str) -> list[str]:
     """apt source lines for ``suite`` (with its updates and security archives), on the host's mirrors."""
+    if suite in UBUNTU_SUITES:
+        return [f"deb {UBUNTU_MIRROR} {suite}{pocket} main universe" for pocket in ("", "-updates", "-security")]
     debian = host_mirror("debian") or DEFAULT_MIRROR
     lines = [f"deb {debian} {suite} main"]
     if suite not in ROLLING:
@@ -54,12 +62,14 @@ def mmdebstrap_argv(*, suite: str, packages: list[str], out: Path, variant: str)
     """The mmdebstrap command line that writes the root filesystem tarball ``out``."""
     argv = ["mmdebstrap", f"--variant={variant}", "--mode=root", "--format=tar", "--quiet"]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
+    if suite in UBUNTU_SUITES:
+        argv.append(f"--keyring={UBUNTU_KEYRING}")
     argv += [f"--include={','.join(packages)}", f"--customize-hook={CLEANUP}"]
     return [*argv, suite, str(out), *sources(suite)]
 
 
 def bootstrap_rootfs(*, suite: str, packages: list[str], out: Path, source_date_epoch: int, variant: str = "minbase") -> Path:
-    """Write a root filesystem tarball of Debian ``suite`` with ``packages`` to ``out``; return ``out``.
+    """Write a root filesystem tarball of Debian or Ubuntu ``suite`` with ``packages`` to ``out``; return ``out``.
 
     Skipped when ``out`` exists and its sidecar ``out.sha256`` holds the digest of these inputs.
     """
@@ -69,7 +79,7 @@ def bootstrap_rootfs(*, suite: str, packages: list[str], out: Path, source_date_
     if out.is_file() and sidecar.is_file() and sidecar.read_text().strip() == digest:
         log.info("root filesystem %s is cached", out)
         return out
-    ensure_host_packages(["mmdebstrap"])
+    ensure_host_packages(["mmdebstrap", "ubuntu-keyring"] if suite in UBUNTU_SUITES else ["mmdebstrap"])
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.tar")
     log.info("bootstrapping %s with %s", suite, ", ".join(sorted(packages)))

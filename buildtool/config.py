@@ -15,6 +15,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
+from buildtool.bootstrap import UBUNTU_SUITES
 from buildtool.errors import ConfigError, Problem
 from buildtool.model import Builder, Family, Fleet, Machine, Root, Service, Settings, SmokeCheck, image_slug
 
@@ -244,7 +245,7 @@ def _read_settings(c: _Collector, env: Mapping[str, str]) -> tuple[Settings, dic
     settings = Settings(
         registry=env.get("FLEET_REGISTRY") or s.get("registry", "127.0.0.1:5000"),
         org=env.get("FLEET_ORG") or s.get("org", "fleet"),
-        suite_python=s.get("suite_python", (("bookworm", "3.11"),)),
+        suite_python=s.get("suite_python", (("bookworm", "3.11"), ("trixie", "3.13"), ("jammy", "3.10"))),
         ignore=s.get("ignore", ()),
         source_date_epoch=s.get("source_date_epoch", 0),
     )
@@ -294,12 +295,13 @@ def _read_root(c: _Collector, file: str, data: Any, settings: Settings, python: 
         suites = dict(settings.suite_python)
         suite = v.get("suite", "")
         if suite not in suites:
-            c.add(file, "root.suite", f"unknown Debian suite {suite!r}; {_did_you_mean(suite, suites)}")
+            c.add(file, "root.suite", f"unknown suite {suite!r}; {_did_you_mean(suite, suites)}")
         elif python and suites[suite] != python:
             c.add(
                 file,
                 "root.suite",
-                f"Debian {suite} ships Python {suites[suite]}, but the family declares python = {python!r}; "
+                f"{'Ubuntu' if suite in UBUNTU_SUITES else 'Debian'} {suite} ships Python {suites[suite]}, "
+                f"but the family declares python = {python!r}; "
                 'use source = "image" with an upstream image of that Python, or change python',
             )
         if not v.get("packages"):

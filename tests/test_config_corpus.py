@@ -146,6 +146,7 @@ UTILS = "families/base-utils.toml"
 PYDEPS = "families/base-cpu-pydeps.toml"
 WEB_FAM = "families/family-web.toml"
 LEGACY = "families/legacy-py310-cpu.toml"
+LEGACY_IMAGE = replace(LEGACY, 'source = "bootstrap"', 'source = "image"')  # its root from an upstream image instead
 GPU_FAM = "families/base-gpu-cu121.toml"
 SVC = "services/ServiceRegistry.toml"  # family-web on mainpc, 7200 / 8200
 WEB = "services/UnifiedWebAgent.toml"  # family-web on pc2, 7126 / 8126 (RemoteConnectorAgent: 7124 / 8124 on pc2)
@@ -173,7 +174,7 @@ CASES = [
          count=1),
     Case("settings-unknown-key-no-hint", replace(FLEET, 'org = "fleet"', 'org = "fleet"\nzzz = 1'), FLEET, "settings.zzz", "allowed keys: ignore, org",
          count=1),
-    Case("root-unknown-key", replace(LEGACY, 'image = "python', 'imgae = "python'), LEGACY, "root.imgae", "did you mean 'image'",
+    Case("root-unknown-key", both(LEGACY_IMAGE, replace(LEGACY, 'image = "python', 'imgae = "python')), LEGACY, "root.imgae", "did you mean 'image'",
          count=2),  # and root.image: needs an image reference
     Case("smoke-unknown-key", replace(UTILS, 'run = ["test"', 'cmd = ["test"'), UTILS, "smoke[1].cmd", "unknown key", count=2),  # and run: is required
     # --- wrong types
@@ -201,7 +202,7 @@ CASES = [
     Case("service-without-machines", replace(SVC, 'machines = ["mainpc"]', ""), SVC, "machines", "is required", count=1),
     Case("machine-without-description", replace(PC2, "description =", "# description ="), PC2, "description", "is required", count=1),
     Case("smoke-without-name", replace(WEB_FAM, 'name = "gunicorn runs"\n', ""), WEB_FAM, "smoke[1].name", "is required", count=1),
-    Case("root-without-source", replace(LEGACY, 'source = "image"\n', ""), LEGACY, "root.source", "is required", count=1),
+    Case("root-without-source", replace(LEGACY, 'source = "bootstrap"\n', ""), LEGACY, "root.source", "is required", count=1),
     Case("fleet-toml-missing", delete(FLEET), FLEET, "", "is missing"),
     Case("no-services", lambda root: [p.unlink() for p in (root / "services").glob("*.toml")], "services/", "", "no service definitions",
          count=1),
@@ -232,23 +233,25 @@ CASES = [
     Case("family-file-name", write("families/Family-Web2.toml", 'description = "x"\nparent = "family-web"\n'), "families/Family-Web2.toml", "",
          "lowercase letters", count=1),
     # --- roots
-    Case("bootstrap-wrong-python",
-         replace(LEGACY, 'source = "image"', 'source = "bootstrap"\nsuite = "bookworm"\npackages = ["python3-minimal", "tini"]'),
+    Case("bootstrap-wrong-python", replace(LEGACY, 'suite = "jammy"', 'suite = "bookworm"'),
          LEGACY, "root.suite", "Debian bookworm ships Python 3.11, but the family declares python = '3.10'", count=1),
+    Case("bootstrap-wrong-python-ubuntu", replace(BASE, 'suite = "bookworm"', 'suite = "jammy"'),
+         BASE, "root.suite", "Ubuntu jammy ships Python 3.10, but the family declares python = '3.11'", count=1),
     Case("unknown-root-source", replace(BASE, 'source = "bootstrap"', 'source = "docker"'), BASE, "root.source", 'use "bootstrap" or "image"',
          count=1),
     Case("unknown-suite", replace(BASE, 'suite = "bookworm"', 'suite = "bookwrm"'), BASE, "root.suite", "did you mean 'bookworm'", count=1),
     Case("bootstrap-without-packages", replace(BASE, "packages = [", "# packages = ["), BASE, "root.packages", "needs its Debian packages",
          count=1),
     Case("bootstrap-bad-package", replace(BASE, '"tini"', '"tini!"'), BASE, "root.packages[3]", "not a Debian package name", count=1),
-    Case("image-without-tag", replace(LEGACY, '"python:3.10-slim-bookworm"', '"python"'), LEGACY, "root.image", "no tag or digest", count=1),
-    Case("image-registry-port-without-tag", replace(LEGACY, '"python:3.10-slim-bookworm"', '"localhost:5000/library/python"'), LEGACY,
+    Case("image-without-tag", both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"python"')), LEGACY, "root.image", "no tag or digest",
+         count=1),
+    Case("image-registry-port-without-tag", both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"localhost:5000/library/python"')), LEGACY,
          "root.image", "no tag or digest", count=1),
-    Case("image-with-space", replace(LEGACY, '"python:3.10-slim-bookworm"', '"python:3.10 slim"'), LEGACY, "root.image",
+    Case("image-with-space", both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"python:3.10 slim"')), LEGACY, "root.image",
          "needs an image reference", count=1),
-    Case("image-root-without-image", replace(LEGACY, 'image = "python:3.10-slim-bookworm"\n', ""), LEGACY, "root.image",
+    Case("image-root-without-image", both(LEGACY_IMAGE, replace(LEGACY, 'image = "python:3.10-slim-bookworm"\n', "")), LEGACY, "root.image",
          "needs an image reference", count=1),
-    Case("image-empty-tag", replace(LEGACY, '"python:3.10-slim-bookworm"', '"python:"'), LEGACY, "root.image", "tag"),
+    Case("image-empty-tag", both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"python:"')), LEGACY, "root.image", "tag"),
     # --- requirements and packages
     Case("malformed-requirement", replace(WEB_FAM, '"gunicorn==23.0.0"', '"gunicorn=>23"'), WEB_FAM, "requirements[2]", "malformed requirement",
          count=1),
@@ -392,8 +395,9 @@ def test_report_is_sorted_and_stable(fleet_dir: Path, capsys: pytest.CaptureFixt
 VALID_VARIANTS = [
     pytest.param(replace(SVC, "port = 7200", "port = 1024"), id="lowest-unprivileged-port"),
     pytest.param(replace(SVC, '["mainpc"]', '["mainpc", "pc2"]'), id="service-on-both-machines"),
-    pytest.param(replace(LEGACY, '"python:3.10-slim-bookworm"', '"localhost:5000/library/python:3.10-slim-bookworm"'), id="image-with-registry-port"),
-    pytest.param(replace(LEGACY, '"python:3.10-slim-bookworm"', '"python@sha256:' + "0" * 64 + '"'), id="image-by-digest"),
+    pytest.param(both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"localhost:5000/library/python:3.10-slim-bookworm"')),
+                 id="image-with-registry-port"),
+    pytest.param(both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"python@sha256:' + "0" * 64 + '"')), id="image-by-digest"),
     pytest.param(append(SVC, '[env]\nDEBUG = true\nWORKERS = 4\n'), id="env-bool-and-int-values"),
     pytest.param(append(SVC, 'requirements = ["httpx[http2]==0.27.0; python_version >= \'3.8\'"]\n'), id="requirement-with-extras-and-marker"),
     pytest.param(replace(MAINPC, 'cuda_arch = "8.9"', 'cuda_arch = "12.0"'), id="two-digit-compute-capability"),

@@ -184,6 +184,8 @@ def test_rollback_swaps_and_honours_force_image_tag() -> None:
 
 
 def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Path, tmp_path: Path) -> None:
+    legacy = fleet_dir / "families" / "legacy-py310-cpu.toml"
+    legacy.write_text(legacy.read_text().replace('source = "bootstrap"', 'source = "image"'))
     registry = FakeRegistry()
 
     class NoUpstream(FakeDocker):

@@ -171,3 +171,14 @@ def test_size_report_lists_every_image(env) -> None:
     assert {d["repository"] for d in data} == set(CHAIN)
     for d in data:
         assert d["compressed"] > 0 and d["largest"]
+
+
+def test_legacy_service_runs_python_310_from_ubuntu(env) -> None:
+    assert build(env, "NLUAgent", tag="legacy-1") == 0
+    assert last_run(env) == {"legacy-py310-cpu": "built", "nlu-agent-mainpc": "built"}
+    ref = f"{ADDRESS}/{env['org']}/nlu-agent-mainpc:legacy-1"
+    docker.image.pull(ref, quiet=True)
+    assert docker.image.inspect(ref).config.user == "10001:10001"
+    out = docker.run(ref, ["python", "-c", "import sys, pydantic; print(sys.version.split()[0], pydantic.VERSION)"], remove=True, **HARDENED)
+    version, pydantic = out.split()
+    assert version.startswith("3.10.") and pydantic == "1.10.15"

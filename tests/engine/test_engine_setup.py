@@ -173,3 +173,13 @@ def test_bootstrap_is_skipped_when_inputs_match(monkeypatch: pytest.MonkeyPatch,
     argv = next(c for c in calls if c[0] == "mmdebstrap")
     assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in argv
     assert any(a.startswith("deb ") and a.endswith(" bookworm-security main") for a in argv)
+
+
+def test_ubuntu_suite_uses_its_archive_keyring_and_universe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(bootstrap, "host_mirror", lambda archive="debian": None)
+    argv = bootstrap.mmdebstrap_argv(suite="jammy", packages=["python3-minimal", "tini"], out=Path("/tmp/r.tar"), variant="minbase")
+    assert f"--keyring={bootstrap.UBUNTU_KEYRING}" in argv
+    assert argv[-3:] == [f"deb {bootstrap.UBUNTU_MIRROR} jammy{pocket} main universe" for pocket in ("", "-updates", "-security")]
+    debian = bootstrap.mmdebstrap_argv(suite="bookworm", packages=["tini"], out=Path("/tmp/r.tar"), variant="minbase")
+    assert not any(a.startswith("--keyring") for a in debian)
+    assert not any("ubuntu" in a for a in debian)
