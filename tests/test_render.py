@@ -115,7 +115,7 @@ def test_source_builds_get_their_tools_in_the_builder_stage_only(fleet) -> None:
         assert "clang-19" in builder and "clang-19" not in runtime.replace("CMAKE_ARGS", "")
         assert "build-requirements.txt" in builder and "builder-setup.sh" in builder
         # Compiled wheels must not come from pip's cache, which ignores CMAKE_ARGS and the architecture.
-        assert "--no-build-isolation --no-cache-dir --prefix=/install -r /tmp/requirements.txt" in builder
+        assert "--no-build-isolation --no-cache-dir --ignore-installed --prefix=/install -r /tmp/requirements.txt" in builder
         files = dict(rendered.files)
         assert "nvidia-cuda-nvcc-cu12==12.1.105" in files["build-requirements.txt"].decode()
         assert "cmake==" in files["build-requirements.txt"].decode()
