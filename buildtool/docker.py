@@ -99,11 +99,17 @@ class Docker:
     def gpus_available(self, ref: str) -> bool:
         """Whether this engine can give a container the GPUs (`--gpus all`); asked once per run."""
         if self._gpus is None:
+            # create + start rather than run: run passes the engine's refusal through to the terminal.
+            container = None
             try:
-                self.client.run(ref, ["true"], remove=True, gpus="all", **HARDENED)
+                container = self.client.container.create(ref, ["true"], gpus="all", **HARDENED)
+                self.client.container.start(container)
                 self._gpus = True
             except DockerException:
                 self._gpus = False
+            finally:
+                if container is not None:
+                    self.client.container.remove(container, force=True)
         return self._gpus
 
     def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]], *, gpus: bool = False) -> list[tuple[str, str]]:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from buildtool.__main__ import main
+from buildtool.registry import Registry
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.engine, pytest.mark.gpu_families]
@@ -86,6 +87,24 @@ def test_llama_cpp_is_compiled_for_each_machine(run, machine: str, arch: int) ->
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == [[1, arch], [2, arch]]  # PTX and cubin, this machine's only
+
+
+def test_machine_images_differ_only_in_compiled_code_and_profile(run) -> None:
+    code, _, org = run
+    assert code == 0
+    registry = Registry("127.0.0.1:5000")
+
+    def layers(repo: str) -> list[str]:
+        manifest = registry.image_manifest(f"{org}/{repo}", "gpu-1")
+        assert manifest is not None, repo
+        return [layer["digest"] for layer in manifest.data["layers"]]
+
+    parent = layers("family-torch-cu121")
+    mainpc, pc2 = layers("family-llm-cu121-mainpc"), layers("family-llm-cu121-pc2")
+    assert mainpc[: len(parent)] == pc2[: len(parent)] == parent
+    # Above the shared parent: the venv additions (llama.cpp compiled per machine) and the profile.
+    assert len(mainpc) == len(pc2) == len(parent) + 2
+    assert all(a != b for a, b in zip(mainpc[len(parent) :], pc2[len(parent) :], strict=True))
 
 
 def test_cuda_libraries_are_present_once(run) -> None:
