@@ -5,7 +5,7 @@ and ModelOpsCoordinator into a fresh registry org. Verification runs every smoke
 family's lineage (CUDA and cuDNN load, torch is the CUDA 12.1 build and works with numpy,
 onnxruntime's CUDA provider resolves its libraries, llama.cpp is a CUDA build for the machine's
 architecture) and each service must reach healthy; the report must find the CUDA libraries
-exactly once per image. About 45 minutes on 2 cores from a cold cache.
+exactly once per image. About 25 minutes on 2 cores from a cold cache, 3 minutes warm.
 """
 
 from __future__ import annotations
