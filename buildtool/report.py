@@ -159,7 +159,7 @@ def _mb(n: int | None) -> str:
 
 
 def _delta(n: int | None) -> str:
-    return "new" if n is None else f"{n / MB:+.1f}"
+    return "no prev" if n is None else f"{n / MB:+.1f}"  # no prev tag yet (first release)
 
 
 def markdown(sizes: list[ImageSize]) -> str:
