@@ -125,19 +125,6 @@ def machine_profile(machine: Machine) -> bytes:
     return (json.dumps(machine.profile_dict(), indent=2, sort_keys=True) + "\n").encode()
 
 
-def family_requirements(fleet: Fleet, family: Family) -> str:
-    if not family.requirements:
-        return ""
-    parent = read_lock(lock_path(fleet, family.parent)) if family.parent else None
-    return install_set(read_lock(lock_path(fleet, family.name)), parent)
-
-
-def build_requirements(fleet: Fleet, family: Family) -> str:
-    """The family's build tools that its parent image does not already hold."""
-    parent = read_lock(lock_path(fleet, family.parent)) if family.parent else None
-    return install_set(read_lock(lock_path(fleet, build_lock_name(family.name))), parent)
-
-
 def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rendered:
     """The Dockerfile and context of one family (``machine`` only for machine-specific families)."""
     env = (ROOT_ENV if family.root else ()) + family.env
@@ -160,12 +147,15 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
         labels=labels,
     )
     files: list[tuple[str, bytes]] = [(".dockerignore", dockerignore(fleet))]
+    # The family's packages and its build tools (builder stage only), minus what the parent holds.
+    parent = read_lock(lock_path(fleet, family.parent)) if family.parent else None
     if family.requirements:
-        files.append(("requirements.txt", family_requirements(fleet, family).encode()))
+        files.append(("requirements.txt", install_set(read_lock(lock_path(fleet, family.name)), parent).encode()))
     if family.machine_specific and machine is not None:
         files.append(("machine-profile.json", machine_profile(machine)))
     if family.builder and family.builder.requirements:
-        files.append(("build-requirements.txt", build_requirements(fleet, family).encode()))
+        tools = read_lock(lock_path(fleet, build_lock_name(family.name)))
+        files.append(("build-requirements.txt", install_set(tools, parent).encode()))
     if family.builder and family.builder.setup:
         files.append(("builder-setup.sh", (fleet.root / family.builder.setup).read_bytes()))
     return Rendered(dockerfile=text, files=tuple(files))
