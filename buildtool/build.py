@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from buildtool.docker import Docker
-from buildtool.errors import BuildError, ToolError, VerifyError
+from buildtool.errors import BuildError, CommandError, ToolError, VerifyError
 from buildtool.plan import Plan, Step
 from buildtool.progress import Progress
 from buildtool.registry import Registry
@@ -212,7 +212,14 @@ def rootfs(step: Step, options: Options, bootstrap: Bootstrapper) -> Path:
     spec = hashlib.sha256(json.dumps([step.root.suite, list(step.root.packages), options.source_date_epoch]).encode()).hexdigest()[:16]
     tar = options.state_dir / "rootfs" / f"{step.root.suite}-{spec}.tar"
     tar.parent.mkdir(parents=True, exist_ok=True)
-    return bootstrap(suite=step.root.suite, packages=list(step.root.packages), out=tar, source_date_epoch=options.source_date_epoch)
+    try:
+        return bootstrap(suite=step.root.suite, packages=list(step.root.packages), out=tar, source_date_epoch=options.source_date_epoch)
+    except CommandError as exc:
+        apt = [line for line in exc.stderr.splitlines() if line.startswith("E:")][-3:] or exc.stderr.strip().splitlines()[-3:]
+        raise BuildError(
+            f"families/{step.name}.toml: root: bootstrapping {step.root.suite} with {', '.join(step.root.packages)} failed; "
+            f"check that root.suite is reachable and each of root.packages exists in it:\n" + "\n".join(apt)
+        ) from exc
 
 
 def summarize(results: list[Result]) -> dict[str, int]:

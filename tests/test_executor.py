@@ -9,7 +9,7 @@ import pytest
 
 from buildtool.build import Executor, Options
 from buildtool.config import load_fleet
-from buildtool.errors import BuildError, UsageError
+from buildtool.errors import BuildError, CommandError, UsageError
 from buildtool.plan import make_plan
 from buildtool.progress import Progress
 from buildtool.registry import Manifest
@@ -77,14 +77,15 @@ class FakeDocker:
         self.registry.add(repo, tag, ref)
 
 
-def run(fleet_dir: Path, tmp_path: Path, registry: FakeRegistry, docker: FakeDocker, **selection):
+def write_rootfs(*, out: Path, **kwargs) -> Path:
+    out.write_bytes(b"rootfs")
+    return out
+
+
+def run(fleet_dir: Path, tmp_path: Path, registry: FakeRegistry, docker: FakeDocker, bootstrap=write_rootfs, **selection):
     fleet = load_fleet(fleet_dir)
     plan = make_plan(fleet, **selection)
     options = Options(registry="127.0.0.1:5000", org="fleet", state_dir=tmp_path / "state", ca_bundle=Path("/ca.crt"), source_date_epoch=0, jobs=2)
-
-    def bootstrap(*, out: Path, **kwargs) -> Path:
-        out.write_bytes(b"rootfs")
-        return out
 
     with Progress([(s.key, s.repository) for s in plan.steps], live=False) as progress:
         results = Executor(plan, options=options, docker=docker, registry=registry, progress=progress, bootstrap=bootstrap).run()
@@ -200,6 +201,20 @@ def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Pa
     assert "root image 'python:3.10-slim-bookworm' could not be pulled" in legacy.message
     assert "does not substitute another Python" in legacy.message
     assert results["family:base-utils"].status == "built"
+
+
+def test_failed_bootstrap_names_the_family_file_and_root_keys(fleet_dir: Path, tmp_path: Path) -> None:
+    def no_such_package(*, suite: str, packages: list[str], **kwargs) -> Path:
+        raise CommandError(["mmdebstrap", suite], 25, "I: chroot\nE: Unable to locate package libpython3.99-stdlib\nE: mmdebstrap failed to run\n")
+
+    registry = FakeRegistry()
+    _, results = run(fleet_dir, tmp_path, registry, FakeDocker(registry), bootstrap=no_such_package, families=["legacy-py310-cpu"])
+    legacy = results["family:legacy-py310-cpu"]
+    assert legacy.status == "failed"
+    assert legacy.message.startswith("families/legacy-py310-cpu.toml: root: bootstrapping jammy with ")
+    assert "root.packages" in legacy.message and "E: Unable to locate package libpython3.99-stdlib" in legacy.message
+    assert "I: chroot" not in legacy.message
+    assert registry.tags == {}  # nothing built, nothing pushed
 
 
 @pytest.mark.parametrize("gpus", [False, True])
