@@ -17,6 +17,8 @@ from pathlib import Path
 
 from buildtool import cmd
 from buildtool.engine import DEFAULT_MIRROR, ensure_host_packages, host_mirror
+from buildtool.model import UBUNTU_SUITES
+from buildtool.output import atomic_write
 
 log = logging.getLogger("buildtool.bootstrap")
 
@@ -40,8 +42,7 @@ CLEANUP = (
 )
 # Suites without -updates and -security archives.
 ROLLING = {"sid", "unstable", "experimental"}
-# Ubuntu suites: one archive serves every pocket; tini is in universe.
-UBUNTU_SUITES = {"focal", "jammy", "noble"}
+# Ubuntu suites (model.UBUNTU_SUITES): one archive serves every pocket; tini is in universe.
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
 UBUNTU_KEYRING = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
 
@@ -88,6 +89,6 @@ def bootstrap_rootfs(*, suite: str, packages: list[str], out: Path, source_date_
     cmd.run(argv, env={"SOURCE_DATE_EPOCH": str(source_date_epoch)}, timeout=1800)
     sidecar.unlink(missing_ok=True)
     partial.replace(out)
-    sidecar.write_text(digest + "\n")
+    atomic_write(sidecar, digest + "\n")
     log.info("root filesystem %s: %.0f MB in %.0fs", out, out.stat().st_size / 1e6, time.monotonic() - started)
     return out

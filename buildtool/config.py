@@ -1,203 +1,74 @@
 """Read the fleet files (fleet.toml, machines/, families/, services/) into a validated :class:`Fleet`.
 
 Every problem is collected with its file and key, and all of them are raised together as one
-:class:`ConfigError`. Nothing outside this module reads the TOML files.
+:class:`ConfigError`. Nothing outside this module reads the TOML files. The source folders the
+services name are read here too, once, into memory (:mod:`buildtool.sources`).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-import tomllib
-from collections.abc import Callable, Mapping
-from pathlib import Path, PurePosixPath
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from buildtool.bootstrap import UBUNTU_SUITES
 from buildtool.errors import ConfigError, Problem
-from buildtool.model import Builder, Family, Fleet, Machine, Root, Service, Settings, SmokeCheck, image_slug
+from buildtool.model import GENERATED_PROFILE_KEYS, UBUNTU_SUITES, Builder, Family, Fleet, Machine, Root, Service, Settings, SmokeCheck, image_slug
+from buildtool.quote import CONTROL
+from buildtool.schema import (
+    ARCH_RE,
+    BUILDER_SCHEMA,
+    CUDA_RE,
+    DEB_RE,
+    FAMILY_SCHEMA,
+    FLEET_SCHEMA,
+    IMAGE_RE,
+    IMAGE_TAG_RE,
+    MACHINE_SCHEMA,
+    NAME_RE,
+    ORG_RE,
+    PYTHON_RE,
+    REGISTRY_RE,
+    ROOT_SCHEMA,
+    SERVICE_DEFAULTS_SCHEMA,
+    SERVICE_RE,
+    SERVICE_SCHEMA,
+    SETTINGS_SCHEMA,
+    SMOKE_SCHEMA,
+    TAG_RE,
+    Collector,
+    did_you_mean,
+)
+from buildtool.sources import SourceProblem, SourceTree, check_folder, read_regular, read_tree
 
 # What a copy of the fleet needs (tests and the bench work on copies).
 FLEET_PARTS = ("fleet.toml", "families", "machines", "services", "lockfiles", "agents")
 
-# ---------------------------------------------------------------------------------------------
-# A small schema language: each key maps to a checker that returns (value, error message or None).
 
-Checker = Callable[[Any], tuple[Any, str | None]]
-
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-SERVICE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-PYTHON_RE = re.compile(r"^3\.[0-9]{1,2}$")
-CUDA_RE = re.compile(r"^[0-9]{2}\.[0-9]$")
-ARCH_RE = re.compile(r"^[0-9]{1,2}\.[0-9]$")
-TAG_RE = re.compile(r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$")
-ORG_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
-REGISTRY_RE = re.compile(r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
-DEB_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+(=[A-Za-z0-9.+~:-]+)?$")
-
-
-def _str(v: Any) -> tuple[Any, str | None]:
-    return (v, None) if isinstance(v, str) else (None, f"must be a string, got {type(v).__name__}")
-
-
-def _bool(v: Any) -> tuple[Any, str | None]:
-    return (v, None) if isinstance(v, bool) else (None, f"must be true or false, got {v!r}")
-
-
-def _int(lo: int, hi: int) -> Checker:
-    def check(v: Any) -> tuple[Any, str | None]:
-        if isinstance(v, bool) or not isinstance(v, int):
-            return None, f"must be an integer, got {v!r}"
-        if not lo <= v <= hi:
-            return None, f"must be between {lo} and {hi}, got {v}"
-        return v, None
-
-    return check
-
-
-def _strlist(v: Any) -> tuple[Any, str | None]:
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        return None, "must be a list of strings"
-    return tuple(v), None
-
-
-def _env(v: Any) -> tuple[Any, str | None]:
-    if not isinstance(v, dict):
-        return None, "must be a table of NAME = \"value\""
-    bad = [k for k, x in v.items() if not ENV_RE.match(k) or not isinstance(x, str | int | bool)]
-    if bad:
-        return None, f"invalid entries {bad}: names are [A-Za-z_][A-Za-z0-9_]*, values strings"
-    return tuple(sorted((k, str(x).lower() if isinstance(x, bool) else str(x)) for k, x in v.items())), None
-
-
-def _any(v: Any) -> tuple[Any, str | None]:
-    return v, None
-
-
-def _pattern(regex: re.Pattern[str], what: str) -> Checker:
-    def check(v: Any) -> tuple[Any, str | None]:
-        if not isinstance(v, str) or not regex.match(v):
-            return None, f"{v!r} is not {what}"
-        return v, None
-
-    return check
-
-
-SETTINGS_SCHEMA: dict[str, Checker] = {
-    "registry": _pattern(REGISTRY_RE, "a registry host[:port], e.g. \"127.0.0.1:5000\""),
-    "org": _pattern(ORG_RE, "an image path of lowercase letters, digits, '.', '_', '-' and '/'"),
-    "suite_python": _env,
-    "ignore": _strlist,
-    "source_date_epoch": _int(0, 2**32),
-}
-SERVICE_DEFAULTS_SCHEMA: dict[str, Checker] = {"source": _str, "entrypoint": _strlist}
-FLEET_SCHEMA: dict[str, Checker] = {"settings": _any, "service_defaults": _any}
-MACHINE_SCHEMA: dict[str, Checker] = {
-    "description": _str,
-    "gpu": _str,
-    "vram_gb": _int(0, 1024),
-    "cuda_arch": _str,
-    "profile": _env,
-}
-ROOT_SCHEMA: dict[str, Checker] = {"source": _str, "image": _str, "suite": _str, "packages": _strlist}
-SMOKE_SCHEMA: dict[str, Checker] = {"name": _str, "run": _strlist, "gpu": _bool}
-BUILDER_SCHEMA: dict[str, Checker] = {"os_packages": _strlist, "requirements": _strlist, "setup": _str, "env": _env}
-FAMILY_SCHEMA: dict[str, Checker] = {
-    "description": _str,
-    "parent": _str,
-    "root": _any,
-    "python": _str,
-    "gpu": _bool,
-    "cuda": _str,
-    "machine_specific": _bool,
-    "os_packages": _strlist,
-    "requirements": _strlist,
-    "env": _env,
-    "smoke": _any,
-    "budget_mb": _int(1, 100_000),
-    "vram_gb": _int(0, 1024),
-    "group": _str,
-    "builder": _any,
-}
-SERVICE_SCHEMA: dict[str, Checker] = {
-    "family": _str,
-    "machines": _strlist,
-    "port": _int(1, 65535),
-    "health_port": _int(1, 65535),
-    "needs": _str,
-    "vram_gb": _int(0, 1024),
-    "source": _str,
-    "entrypoint": _strlist,
-    "requirements": _strlist,
-    "env": _env,
-}
-REQUIRED = {
-    "machine": ("description",),
-    "family": ("description",),
-    "service": ("family", "machines", "port", "health_port"),
-    "root": ("source",),
-    "smoke": ("name", "run"),
-}
-
-
-class _Collector:
-    """Accumulates problems while reading; ``raise_if_any`` ends the read with all of them."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.problems: list[Problem] = []
-
-    def add(self, file: str, key: str, message: str) -> None:
-        self.problems.append(Problem(file=file, key=key, message=message))
-
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise ConfigError(self.problems)
-
-    def load_toml(self, path: Path) -> dict[str, Any] | None:
-        rel = path.relative_to(self.root).as_posix()
+def copy_fleet(src: Path, dest: Path) -> None:
+    """Copy the fleet's parts from ``src`` into the new or empty folder ``dest``: regular files only,
+    read as build contexts are (a symlink out of its part, a FIFO or a device raises ConfigError)."""
+    for part in FLEET_PARTS:
         try:
-            with path.open("rb") as fh:
-                return tomllib.load(fh)
-        except tomllib.TOMLDecodeError as exc:
-            self.add(rel, "", f"not valid TOML ({exc}); fix the syntax")
-        except (OSError, UnicodeDecodeError) as exc:
-            self.add(rel, "", f"cannot be read: {exc}")
-        return None
-
-    def table(self, file: str, prefix: str, data: Any, schema: dict[str, Checker], kind: str) -> dict[str, Any]:
-        """Check ``data`` against ``schema``; return the converted values of the keys that passed."""
-        if not isinstance(data, dict):
-            self.add(file, prefix, f"must be a table, got {type(data).__name__}")
-            return {}
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            path = f"{prefix}.{key}" if prefix else key
-            if key not in schema:
-                hint = difflib.get_close_matches(key, schema, n=1)
-                fix = f"did you mean '{hint[0]}'?" if hint else f"allowed keys: {', '.join(sorted(schema))}"
-                self.add(file, path, f"unknown key; {fix}")
-                continue
-            converted, err = schema[key](value)
-            if err:
-                self.add(file, path, err)
+            if (src / part).is_dir():
+                files = [(f"{part}/{rel}", data) for rel, data in read_tree(src, part, ()).files]
             else:
-                out[key] = converted
-        for key in REQUIRED.get(kind, ()):
-            if key not in data:
-                self.add(file, f"{prefix}.{key}" if prefix else key, f"is required in a {kind} definition")
-        return out
+                files = [(part, read_regular(src / part, part))]
+        except SourceProblem as exc:
+            raise ConfigError([Problem(file=exc.path, key="", message=f"{exc.message}; the fleet cannot be copied")]) from None
+        for rel, data in files:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+# Set by the toolkit in every family image; a family's env cannot replace them.
+ROOT_ENV_NAMES = frozenset({"LANG", "PATH", "PIP_DISABLE_PIP_VERSION_CHECK", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "VIRTUAL_ENV"})
+# Set by the toolkit in every service image; a service's env cannot replace them (nor the profile's keys).
+SERVICE_ENV_NAMES = frozenset({"SERVICE_NAME", "SERVICE_PORT", "HEALTH_PORT"})
 
 
-def _did_you_mean(name: str, known: Mapping[str, Any] | list[str]) -> str:
-    hint = difflib.get_close_matches(name, list(known), n=1)
-    return f"did you mean '{hint[0]}'?" if hint else f"known: {', '.join(sorted(known))}"
-
-
-def _check_requirements(c: _Collector, file: str, key: str, reqs: tuple[str, ...]) -> None:
+def _check_requirements(c: Collector, file: str, key: str, reqs: tuple[str, ...]) -> None:
     seen: set[str] = set()
     for i, line in enumerate(reqs):
         try:
@@ -205,6 +76,8 @@ def _check_requirements(c: _Collector, file: str, key: str, reqs: tuple[str, ...
         except InvalidRequirement as exc:
             c.add(file, f"{key}[{i}]", f"malformed requirement {line!r}: {exc}")
             continue
+        if line != line.strip():
+            c.add(file, f"{key}[{i}]", f"{line!r} has surrounding spaces; remove them")
         if req.url:
             c.add(file, f"{key}[{i}]", f"{line!r}: direct URLs cannot be hash-locked from an index; use a version pin")
         name = re.sub(r"[-_.]+", "-", req.name).lower()
@@ -213,66 +86,83 @@ def _check_requirements(c: _Collector, file: str, key: str, reqs: tuple[str, ...
         seen.add(name)
 
 
-def _source_path(c: _Collector, file: str, key: str, source: str, *, want_file: bool = False) -> None:
-    p = PurePosixPath(source)
-    if p.is_absolute() or ".." in p.parts:
-        c.add(file, key, f"{source!r} escapes the repository; use a path inside it, relative to the repository root")
-        return
-    full = (c.root / p).resolve()
-    if not full.is_relative_to(c.root.resolve()):
-        c.add(file, key, f"{source!r} resolves outside the repository (symlink?); use a path inside it")
-    elif want_file and not full.is_file():
-        c.add(file, key, f"{source!r} is not a file in the repository; create it or fix the path")
-    elif not want_file and not full.is_dir():
-        c.add(file, key, f"{source!r} is not a directory in the repository; create it or fix the path")
+def _check_env_names(c: Collector, file: str, key: str, env: tuple[tuple[str, str], ...], reserved: Mapping[str, str]) -> None:
+    for name, _ in env:
+        if name in reserved:
+            c.add(file, f"{key}.{name}", f"is set by {reserved[name]} and cannot be replaced here; remove it or rename the variable")
+
+
+def _source(c: Collector, file: str, key: str, rel: str, *, want_file: bool = False) -> bool:
+    why = check_folder(c.root, rel, want_file=want_file)
+    if why:
+        c.add(file, key, why)
+    return why is None
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-def _read_settings(c: _Collector, env: Mapping[str, str]) -> tuple[Settings, dict[str, Any] | None]:
+def _read_settings(c: Collector, env: Mapping[str, str]) -> tuple[Settings, dict[str, Any] | None]:
     """The settings, and the service defaults (None when fleet.toml could not be read)."""
     file = "fleet.toml"
-    data = c.load_toml(c.root / file) if (c.root / file).is_file() else None
-    if data is None and not (c.root / file).is_file():
+    path = c.root / file
+    exists = path.exists() or path.is_symlink()
+    data = c.load_toml(path) if exists else None
+    if not exists:
         c.add(file, "", "is missing; the repository root must hold fleet.toml")
     top = c.table(file, "", data or {}, FLEET_SCHEMA, "fleet")
     s = c.table(file, "settings", top.get("settings", {}), SETTINGS_SCHEMA, "settings")
     d = c.table(file, "service_defaults", top.get("service_defaults", {}), SERVICE_DEFAULTS_SCHEMA, "service_defaults")
-    for var, regex in (("FLEET_REGISTRY", REGISTRY_RE), ("FLEET_ORG", ORG_RE)):
-        if env.get(var) and not regex.match(env[var]):
+    for var, regex in (("FLEET_REGISTRY", REGISTRY_RE), ("FLEET_ORG", ORG_RE), ("FORCE_IMAGE_TAG", IMAGE_TAG_RE)):
+        if env.get(var) and not regex.fullmatch(env[var]):
             c.add("environment", var, f"{env[var]!r} is not valid here; fix or unset {var}")
+    for var in ("FLEET_REGISTRY_TOKEN", "FLEET_PIP_INDEX_URL"):
+        if CONTROL.search(env.get(var, "")):
+            c.add("environment", var, f"holds a line break or control character (value not shown); fix or unset {var}")
     settings = Settings(
         registry=env.get("FLEET_REGISTRY") or s.get("registry", "127.0.0.1:5000"),
         org=env.get("FLEET_ORG") or s.get("org", "fleet"),
-        suite_python=s.get("suite_python", (("bookworm", "3.11"), ("trixie", "3.13"), ("jammy", "3.10"))),
+        suite_python=s.get("suite_python", (("bookworm", "3.11"), ("jammy", "3.10"), ("trixie", "3.13"))),
         ignore=s.get("ignore", ()),
         source_date_epoch=s.get("source_date_epoch", 0),
     )
-    if "source" in d:
-        _source_path(c, file, "service_defaults.source", d["source"])
+    if "source" in d and not _source(c, file, "service_defaults.source", d["source"]):
+        d["source"] = ""  # reported here; services that use the default get no follow-up
     return settings, (d if data is not None else None)
 
 
-def _read_machines(c: _Collector) -> dict[str, Machine]:
+def _file_names(c: Collector, folder: str) -> list[Path]:
+    """The ``*.toml`` files of ``folder``, sorted; a name that cannot be shown is reported."""
+    base = c.root / folder
+    return sorted(base.glob("*.toml")) if base.is_dir() and not base.is_symlink() else []
+
+
+def _read_machines(c: Collector) -> tuple[dict[str, Machine], set[str]]:
+    """Valid machines, and the names of all machine files (so a broken one causes no follow-ups)."""
     machines: dict[str, Machine] = {}
-    for path in sorted((c.root / "machines").glob("*.toml")):
+    defined: set[str] = set()
+    for path in _file_names(c, "machines"):
         file = path.relative_to(c.root).as_posix()
         name = path.stem
-        if not NAME_RE.match(name):
-            c.add(file, "", f"machine name {name!r} must be lowercase letters, digits and '-'; rename the file")
+        if not NAME_RE.fullmatch(name):
+            c.add(repr(file) if "\n" in file else file, "", f"machine name {name!r} must be lowercase letters, digits and '-'; rename the file")
+            continue
+        defined.add(name)
         data = c.load_toml(path)
         if data is None:
             continue
         v = c.table(file, "", data, MACHINE_SCHEMA, "machine")
         arch = v.get("cuda_arch", "")
-        if arch and not ARCH_RE.match(arch):
+        if arch and not ARCH_RE.fullmatch(arch):
             c.add(file, "cuda_arch", f"{arch!r} is not a CUDA compute capability like '8.9'")
-        if v.get("gpu") and not arch:
-            c.add(file, "cuda_arch", "a machine with a GPU needs its compute capability, e.g. cuda_arch = \"8.6\"")
-        if v.get("gpu") and "vram_gb" not in v and "vram_gb" not in data:
+            arch = ""
+        if v.get("gpu") and not arch and "cuda_arch" not in data:
+            c.add(file, "cuda_arch", 'a machine with a GPU needs its compute capability, e.g. cuda_arch = "8.6"')
+        if v.get("gpu") and "vram_gb" not in data:
             c.add(file, "vram_gb", "a machine with a GPU needs its GPU memory, e.g. vram_gb = 12")
-        machines[name] = Machine(
+        if not v.get("gpu") and "cuda_arch" in v:
+            c.add(file, "cuda_arch", 'a machine without a GPU has no compute capability; set gpu = "MODEL" or remove cuda_arch')
+        machine = Machine(
             name=name,
             file=file,
             description=v.get("description", ""),
@@ -281,12 +171,15 @@ def _read_machines(c: _Collector) -> dict[str, Machine]:
             cuda_arch=arch,
             profile=v.get("profile", ()),
         )
-    if not machines:
+        generated = dict.fromkeys(GENERATED_PROFILE_KEYS, "the toolkit (from the machine's name, gpu, vram_gb and cuda_arch)")
+        _check_env_names(c, file, "profile", machine.profile, generated)
+        machines[name] = machine
+    if not defined:
         c.add("machines/", "", "no machine definitions found; add machines/NAME.toml")
-    return machines
+    return machines, defined
 
 
-def _read_root(c: _Collector, file: str, data: Any, settings: Settings, python: str) -> Root | None:
+def _read_root(c: Collector, file: str, data: Any, settings: Settings, python: str) -> Root | None:
     v = c.table(file, "root", data, ROOT_SCHEMA, "root")
     source = v.get("source")
     if source is None:
@@ -295,7 +188,7 @@ def _read_root(c: _Collector, file: str, data: Any, settings: Settings, python: 
         suites = dict(settings.suite_python)
         suite = v.get("suite", "")
         if suite not in suites:
-            c.add(file, "root.suite", f"unknown suite {suite!r}; {_did_you_mean(suite, suites)}")
+            c.add(file, "root.suite", f"unknown suite {suite!r}; {did_you_mean(suite, suites)}")
         elif python and suites[suite] != python:
             c.add(
                 file,
@@ -307,39 +200,45 @@ def _read_root(c: _Collector, file: str, data: Any, settings: Settings, python: 
         if not v.get("packages"):
             c.add(file, "root.packages", "a bootstrapped root needs its Debian packages (python3-minimal, tini, ...)")
         for i, pkg in enumerate(v.get("packages", ())):
-            if not DEB_RE.match(pkg):
+            if not DEB_RE.fullmatch(pkg):
                 c.add(file, f"root.packages[{i}]", f"{pkg!r} is not a Debian package name")
     elif source == "image":
         image = v.get("image", "")
-        if not image or any(ch.isspace() for ch in image) or image != image.strip():
-            c.add(file, "root.image", "an image root needs an image reference, e.g. \"python:3.11-slim-bookworm\"")
+        if not image or not IMAGE_RE.fullmatch(image):
+            what = f"; {image!r} has an empty tag" if image.endswith(":") else f"; {image!r} is not one" if image else ""
+            c.add(file, "root.image", f'an image root needs an image reference, e.g. "python:3.11-slim-bookworm"{what}')
         elif not TAG_RE.search(image.rsplit("/", 1)[-1]):
             c.add(file, "root.image", f"{image!r} has no tag or digest; pin one, e.g. {image.rstrip(':')}:TAG")
     else:
-        c.add(file, "root.source", f"{source!r} is not a root source; use \"bootstrap\" or \"image\"")
+        c.add(file, "root.source", f'{source!r} is not a root source; use "bootstrap" or "image"')
         return None
+    if "image" in v and v["image"] and source == "bootstrap" and not IMAGE_RE.fullmatch(v["image"]):
+        c.add(file, "root.image", f"{v['image']!r} is not an image reference")
     return Root(source=source, image=v.get("image", ""), suite=v.get("suite", ""), packages=v.get("packages", ()))
 
 
-def _read_families(c: _Collector, settings: Settings) -> tuple[dict[str, Family], set[str]]:
+def _read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], set[str]]:
     """Valid families parents-first, and the names of all family files."""
     raw: dict[str, tuple[str, dict[str, Any], Any]] = {}
-    for path in sorted((c.root / "families").glob("*.toml")):
+    defined: set[str] = set()
+    for path in _file_names(c, "families"):
         file = path.relative_to(c.root).as_posix()
-        if not NAME_RE.match(path.stem):
-            c.add(file, "", f"family name {path.stem!r} must be lowercase letters, digits and '-'; rename the file")
+        if not NAME_RE.fullmatch(path.stem):
+            c.add(repr(file) if "\n" in file else file, "", f"family name {path.stem!r} must be lowercase letters, digits and '-'; rename the file")
+            continue
+        defined.add(path.stem)
         data = c.load_toml(path)
         if data is not None:
             raw[path.stem] = (file, c.table(file, "", data, FAMILY_SCHEMA, "family"), data)
-    if not raw:
+    if not defined:
         c.add("families/", "", "no family definitions found; add families/NAME.toml")
 
     # Parents: known, no cycles. Order parents before children.
-    for file, v, _ in raw.values():
+    for file, v, data in raw.values():
         parent = v.get("parent")
-        if parent is not None and parent not in raw:
-            c.add(file, "parent", f"unknown family {parent!r}; {_did_you_mean(parent, raw)}")
-        if (parent is None) == ("root" not in v):
+        if parent is not None and parent not in defined:
+            c.add(file, "parent", f"unknown family {parent!r}; {did_you_mean(parent, defined)}")
+        if (parent is None) == ("root" not in data) and ("parent" in v or "parent" not in data):
             c.add(file, "parent", "a family has either a parent or a [root] table (exactly one of them)")
     order = _topo_order(c, {n: v.get("parent") for n, (_, v, _) in raw.items()}, {n: f for n, (f, _, _) in raw.items()})
 
@@ -348,19 +247,20 @@ def _read_families(c: _Collector, settings: Settings) -> tuple[dict[str, Family]
         file, v, data = raw[name]
         declared = v.get("parent")
         parent = families.get(declared) if declared else None
-        # A missing parent (unknown, or dropped in a cycle) is reported once, on its own key;
-        # values are checked where they are declared, so no descendant is blamed for them.
+        if declared and parent is None:
+            continue  # its parent is broken or missing: reported there, no follow-ups here
+        # Values are checked where they are declared, so no descendant is blamed for them.
         python = v.get("python", parent.python if parent else "")
-        if "python" in v and not PYTHON_RE.match(python):
-            c.add(file, "python", f"{python!r} is not a Python version like \"3.11\"")
-        elif "python" in v and parent and PYTHON_RE.match(parent.python) and python != parent.python:
+        if "python" in v and not PYTHON_RE.fullmatch(python):
+            c.add(file, "python", f'{python!r} is not a Python version like "3.11"')
+        elif "python" in v and parent and PYTHON_RE.fullmatch(parent.python) and python != parent.python:
             c.add(file, "python", f"is {python!r} but parent {parent.name!r} has {parent.python!r}; a child keeps its parent's Python")
         elif "python" not in v and "root" in data:
-            c.add(file, "python", "a root family needs its Python version, e.g. python = \"3.11\"")
+            c.add(file, "python", 'a root family needs its Python version, e.g. python = "3.11"')
         cuda = v.get("cuda", parent.cuda if parent else "")
-        if "cuda" in v and cuda and not CUDA_RE.match(cuda):
-            c.add(file, "cuda", f"{cuda!r} is not a CUDA version like \"12.1\"")
-        elif "cuda" in v and parent and parent.cuda and CUDA_RE.match(parent.cuda) and cuda != parent.cuda:
+        if "cuda" in v and cuda and not CUDA_RE.fullmatch(cuda):
+            c.add(file, "cuda", f'{cuda!r} is not a CUDA version like "12.1"')
+        elif "cuda" in v and parent and parent.cuda and CUDA_RE.fullmatch(parent.cuda) and cuda != parent.cuda:
             c.add(file, "cuda", f"is {cuda!r} but parent {parent.name!r} has {parent.cuda!r}; a child keeps its parent's CUDA")
         machine_specific = v.get("machine_specific", parent.machine_specific if parent else False)
         if parent and parent.machine_specific and not machine_specific:
@@ -369,19 +269,21 @@ def _read_families(c: _Collector, settings: Settings) -> tuple[dict[str, Family]
         if parent and parent.gpu and not gpu:
             c.add(file, "gpu", f"parent {parent.name!r} is a GPU family, so this one is too; remove gpu = false")
         if gpu and not cuda and ("gpu" in v or "cuda" in v):
-            c.add(file, "cuda", "a GPU family needs its CUDA version, e.g. cuda = \"12.1\"")
+            c.add(file, "cuda", 'a GPU family needs its CUDA version, e.g. cuda = "12.1"')
         root = _read_root(c, file, data["root"], settings, python) if "root" in data else None
         reqs = v.get("requirements", ())
         _check_requirements(c, file, "requirements", reqs)
         for i, pkg in enumerate(v.get("os_packages", ())):
-            if not DEB_RE.match(pkg):
+            if not DEB_RE.fullmatch(pkg):
                 c.add(file, f"os_packages[{i}]", f"{pkg!r} is not a Debian package name")
-        builder = _read_builder(c, file, data["builder"], bool(reqs)) if "builder" in data else None
+        env = v.get("env", ())
+        _check_env_names(c, file, "env", env, dict.fromkeys(ROOT_ENV_NAMES, "the toolkit in every family image"))
+        builder = _read_builder(c, file, data["builder"], bool(reqs), machine_specific) if "builder" in data else None
         families[name] = Family(
             name=name,
             file=file,
             description=v.get("description", ""),
-            parent=v.get("parent"),
+            parent=declared,
             root=root,
             python=python,
             gpu=gpu,
@@ -389,17 +291,17 @@ def _read_families(c: _Collector, settings: Settings) -> tuple[dict[str, Family]
             machine_specific=machine_specific,
             os_packages=v.get("os_packages", ()),
             requirements=reqs,
-            env=v.get("env", ()),
+            env=env,
             smoke=_read_smoke(c, file, data.get("smoke", [])),
             budget_mb=v.get("budget_mb", parent.budget_mb if parent else 100),
             vram_gb=v.get("vram_gb", parent.vram_gb if parent else 0),
             group=v.get("group", parent.group if parent and parent.group != "cpu" else ("gpu" if gpu else "cpu")),
             builder=builder,
         )
-    return families, set(raw)
+    return families, defined
 
 
-def _read_builder(c: _Collector, file: str, data: Any, has_requirements: bool) -> Builder:
+def _read_builder(c: Collector, file: str, data: Any, has_requirements: bool, machine_specific: bool) -> Builder:
     v = c.table(file, "builder", data, BUILDER_SCHEMA, "builder")
     if not has_requirements:
         c.add(file, "builder", "build tools serve a family's own requirements, and this family has none; remove [builder]")
@@ -415,16 +317,24 @@ def _read_builder(c: _Collector, file: str, data: Any, has_requirements: bool) -
             fix = "build requirements are locked without their dependencies, so pin each exactly (name==version)"
             c.add(file, f"builder.requirements[{i}]", f"{line!r}: {fix}")
     for i, pkg in enumerate(v.get("os_packages", ())):
-        if not DEB_RE.match(pkg):
+        if not DEB_RE.fullmatch(pkg):
             c.add(file, f"builder.os_packages[{i}]", f"{pkg!r} is not a Debian package name")
-    if "setup" in v:
-        _source_path(c, file, "builder.setup", v["setup"], want_file=True)
-    return Builder(os_packages=v.get("os_packages", ()), requirements=reqs, setup=v.get("setup", ""), env=v.get("env", ()))
+    for name, value in v.get("env", ()):
+        refs = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", value)
+        allowed = {"CMAKE_CUDA_ARCHITECTURES", "TORCH_CUDA_ARCH_LIST"} if machine_specific else set()
+        stray = [r for r in refs if r not in allowed or f"${{{r}}}" not in value]
+        if stray:
+            fix = "${CMAKE_CUDA_ARCHITECTURES} and ${TORCH_CUDA_ARCH_LIST} (machine_specific families only)"
+            c.add(file, f"builder.env.{name}", f"refers to ${stray[0]}; the only substitutions are {fix}, every other '$' would be literal")
+    setup = v.get("setup", "")
+    if setup and not _source(c, file, "builder.setup", setup, want_file=True):
+        setup = ""
+    return Builder(os_packages=v.get("os_packages", ()), requirements=reqs, setup=setup, env=v.get("env", ()))
 
 
-def _read_smoke(c: _Collector, file: str, data: Any) -> tuple[SmokeCheck, ...]:
+def _read_smoke(c: Collector, file: str, data: Any) -> tuple[SmokeCheck, ...]:
     if not isinstance(data, list):
-        c.add(file, "smoke", "must be an array of tables: [[smoke]] name = \"...\" run = [...]")
+        c.add(file, "smoke", 'must be an array of tables: [[smoke]] name = "..." run = [...]')
         return ()
     checks = []
     for i, item in enumerate(data):
@@ -436,7 +346,7 @@ def _read_smoke(c: _Collector, file: str, data: Any) -> tuple[SmokeCheck, ...]:
     return tuple(checks)
 
 
-def _topo_order(c: _Collector, parents: dict[str, str | None], files: dict[str, str]) -> list[str]:
+def _topo_order(c: Collector, parents: dict[str, str | None], files: dict[str, str]) -> list[str]:
     """Parents before children, alphabetical among siblings; cycles are reported with their path."""
     order: list[str] = []
     done: set[str] = set()
@@ -467,18 +377,26 @@ def _topo_order(c: _Collector, parents: dict[str, str | None], files: dict[str, 
 
 
 def _read_services(
-    c: _Collector, families: dict[str, Family], defined: set[str], machines: dict[str, Machine], defaults: dict[str, Any] | None
-) -> dict[str, Service]:
-    """``defined``: every family file, including those dropped for a reported fault (no follow-ups)."""
+    c: Collector,
+    families: dict[str, Family],
+    defined: set[str],
+    machines: dict[str, Machine],
+    machine_files: set[str],
+    defaults: dict[str, Any] | None,
+) -> tuple[dict[str, Service], dict[str, tuple[str, str]]]:
+    """Services, and where each source folder is first named. ``defined``/``machine_files``: every family and machine file, including those dropped for a
+    reported fault, so a broken file causes no follow-up problems here."""
     known_defaults = defaults is not None
     defaults = defaults or {}
     services: dict[str, Service] = {}
+    origins: dict[str, tuple[str, str]] = {}
     slugs: dict[str, str] = {}
-    for path in sorted((c.root / "services").glob("*.toml")):
+    for path in _file_names(c, "services"):
         file = path.relative_to(c.root).as_posix()
         name = path.stem
-        if not SERVICE_RE.match(name):
-            c.add(file, "", f"service name {name!r} must start with a letter and use letters, digits, '_'; rename the file")
+        if not SERVICE_RE.fullmatch(name):
+            shown = repr(file) if "\n" in file else file
+            c.add(shown, "", f"service name {name!r} must start with a letter and use letters, digits, '_'; rename the file")
             continue
         slug = image_slug(name)
         if slug in slugs:
@@ -491,13 +409,13 @@ def _read_services(
         v = c.table(file, "", data, SERVICE_SCHEMA, "service")
         family = v.get("family", "")
         if "family" in v and family not in defined:
-            c.add(file, "family", f"unknown family {family!r}; {_did_you_mean(family, defined)}")
+            c.add(file, "family", f"unknown family {family!r}; {did_you_mean(family, defined)}")
         ms = v.get("machines", ())
         if "machines" in v and not ms:
             c.add(file, "machines", "must name at least one machine")
         for i, m in enumerate(ms):
-            if m not in machines:
-                c.add(file, f"machines[{i}]", f"unknown machine {m!r}; {_did_you_mean(m, machines)}")
+            if m not in machine_files:
+                c.add(file, f"machines[{i}]", f"unknown machine {m!r}; {did_you_mean(m, machine_files)}")
         if len(set(ms)) != len(ms):
             c.add(file, "machines", "lists a machine twice")
         for key in ("port", "health_port"):
@@ -506,15 +424,23 @@ def _read_services(
         if "port" in v and v.get("port") == v.get("health_port"):
             c.add(file, "health_port", "equals port; the health endpoint needs its own port")
         source = v.get("source", defaults.get("source", ""))
-        if "source" in v:
-            _source_path(c, file, "source", source)
-        elif not source and known_defaults:
+        if "source" in v and not _source(c, file, "source", source):
+            source = ""
+        elif not source and known_defaults and "source" not in defaults:
             c.add(file, "source", "no source given and fleet.toml has no service_defaults.source")
+        if source:
+            origins.setdefault(source, (file, "source") if "source" in v else ("fleet.toml", "service_defaults.source"))
         entrypoint = v.get("entrypoint", defaults.get("entrypoint", ()))
         if not entrypoint and known_defaults:
             c.add(file, "entrypoint", "must name the command that starts the service")
         reqs = v.get("requirements", ())
         _check_requirements(c, file, "requirements", reqs)
+        env = v.get("env", ())
+        reserved = dict.fromkeys(SERVICE_ENV_NAMES, "the toolkit in every service image")
+        for m in ms:
+            if m in machines:
+                reserved.update(dict.fromkeys(machines[m].profile_dict(), f"the machine profile of {m}"))
+        _check_env_names(c, file, "env", env, reserved)
         services[name] = Service(
             name=name,
             file=file,
@@ -527,14 +453,14 @@ def _read_services(
             source=source,
             entrypoint=tuple(entrypoint),
             requirements=reqs,
-            env=v.get("env", ()),
+            env=env,
         )
-    if not services:
+    if not slugs:
         c.add("services/", "", "no service definitions found; add services/NAME.toml")
-    return services
+    return services, origins
 
 
-def _check_placement(c: _Collector, fleet: Fleet) -> None:
+def _check_placement(c: Collector, fleet: Fleet) -> None:
     """Ports unique per machine; GPU services only where a GPU with enough memory is."""
     used: dict[tuple[str, int], tuple[str, str]] = {}
     for svc in fleet.services.values():
@@ -560,20 +486,52 @@ def _check_placement(c: _Collector, fleet: Fleet) -> None:
             if machine is None:
                 continue
             if not machine.has_gpu:
-                c.add(svc.file, f"machines[{i}]", f"GPU family {fam.name!r} cannot run on {m}, which has no GPU")
+                c.add(svc.file, f"machines[{i}]", f"GPU family {fam.name!r} cannot run on {m}, which has no GPU; gets no CUDA image there")
             elif svc.vram_gb > machine.vram_gb:
                 c.add(svc.file, "vram_gb", f"needs {svc.vram_gb} GB of GPU memory but {m} has {machine.vram_gb} GB")
+
+
+def _read_sources(c: Collector, origins: dict[str, tuple[str, str]], ignore: tuple[str, ...]) -> dict[str, SourceTree]:
+    """Every source folder the services name, read once; a bad file is reported once, where the
+    folder is first named (a service file, or fleet.toml for the default source)."""
+    trees: dict[str, SourceTree] = {}
+    for rel, (file, key) in sorted(origins.items()):
+        try:
+            trees[rel] = read_tree(c.root, rel, ignore)
+        except SourceProblem as exc:
+            c.add(file, key, f"{exc.path} {exc.message}")
+    return trees
+
+
+def _read_scripts(c: Collector, families: dict[str, Family]) -> dict[str, bytes]:
+    scripts: dict[str, bytes] = {}
+    for fam in families.values():
+        setup = fam.builder.setup if fam.builder else ""
+        if setup and setup not in scripts:
+            try:
+                scripts[setup] = read_regular(c.root / setup, setup)
+            except SourceProblem as exc:
+                c.add(fam.file, "builder.setup", f"{exc.path} {exc.message}")
+    return scripts
 
 
 def load_fleet(root: Path, env: Mapping[str, str] | None = None) -> Fleet:
     """Read and validate the fleet under ``root``. Raises :class:`ConfigError` listing every problem."""
     root = root.resolve()
-    c = _Collector(root)
+    c = Collector(root)
     settings, defaults = _read_settings(c, env or {})
-    machines = _read_machines(c)
+    machines, machine_files = _read_machines(c)
     families, defined = _read_families(c, settings)
-    services = _read_services(c, families, defined, machines, defaults)
-    fleet = Fleet(root=root, settings=settings, machines=machines, families=families, services=services)
+    services, origins = _read_services(c, families, defined, machines, machine_files, defaults)
+    fleet = Fleet(
+        root=root,
+        settings=settings,
+        machines=machines,
+        families=families,
+        services=services,
+        sources=_read_sources(c, origins, settings.ignore),
+        scripts=_read_scripts(c, families),
+    )
     _check_placement(c, fleet)
     c.raise_if_any()
     return fleet

@@ -6,7 +6,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from buildtool.sources import SourceTree
+
 Pairs = tuple[tuple[str, str], ...]
+# Ubuntu suites a root can be bootstrapped from (every other suite is Debian's).
+UBUNTU_SUITES = frozenset({"focal", "jammy", "noble"})
+# Profile entries the toolkit derives from a machine file; a profile table cannot set them.
+GENERATED_PROFILE_KEYS = ("MACHINE", "GPU_MODEL", "GPU_VRAM_GB", "CUDA_ARCH", "TORCH_CUDA_ARCH_LIST", "CMAKE_CUDA_ARCHITECTURES")
 
 
 def image_slug(name: str) -> str:
@@ -89,7 +95,10 @@ class Machine:
     def has_gpu(self) -> bool:
         return bool(self.gpu)
 
-    def profile_dict(self) -> dict[str, str]:
+    def generated_profile(self) -> dict[str, str]:
+        """The profile entries the toolkit derives from the machine file (a machine without a GPU has no CUDA ones)."""
+        if not self.has_gpu:
+            return {"MACHINE": self.name}
         return {
             "MACHINE": self.name,
             "GPU_MODEL": self.gpu,
@@ -97,8 +106,10 @@ class Machine:
             "CUDA_ARCH": self.cuda_arch,
             "TORCH_CUDA_ARCH_LIST": self.cuda_arch,
             "CMAKE_CUDA_ARCHITECTURES": self.cuda_arch.replace(".", ""),
-            **dict(self.profile),
         }
+
+    def profile_dict(self) -> dict[str, str]:
+        return {**self.generated_profile(), **dict(self.profile)}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,6 +148,8 @@ class Fleet:
     machines: dict[str, Machine] = field(default_factory=dict)
     families: dict[str, Family] = field(default_factory=dict)  # parents before children
     services: dict[str, Service] = field(default_factory=dict)  # sorted by name
+    sources: dict[str, SourceTree] = field(default_factory=dict)  # service source folders, read once
+    scripts: dict[str, bytes] = field(default_factory=dict)  # builder setup scripts by path, read once
 
     def lineage(self, family: str) -> list[Family]:
         """The family and its ancestors, root first."""

@@ -13,14 +13,14 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from buildtool.errors import UsageError
 from buildtool.model import Family, Fleet, Root, Service, SmokeCheck
-from buildtool.render import Rendered, lock_path, render_family, render_service
+from buildtool.render import Rendered, render_family, render_service
 
 # Bump when the meaning of an identity changes (template semantics not visible in the text).
-IDENTITY_VERSION = "1"
+# 2: locks count through the requirements files of the context only (a lock's comments rebuild nothing).
+IDENTITY_VERSION = "2"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,10 +84,6 @@ def _sha(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-
-
 def family_repository(family: Family, machine: str | None) -> str:
     return f"{family.name}-{machine}" if family.machine_specific and machine else family.name
 
@@ -110,7 +106,6 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
             "name": family.name,
             "machine": machine if specific else None,
             "context": rendered.digest(),
-            "lock": _file_sha(lock_path(fleet, family.name)) if family.requirements else "",
             "root": [root.source, root.image if root.source == "image" else "", root.suite, list(root.packages)] if root else None,
             "parent": parent.identity if parent else None,
             # The identity tag vouches for "built and verified": new checks mean a new identity.
@@ -144,7 +139,6 @@ def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Ste
             "name": service.name,
             "machine": machine,
             "context": rendered.digest(),
-            "lock": _file_sha(lock_path(fleet, service=service.name)) if service.requirements else "",
             "parent": family_step.identity,
         }
     )
@@ -191,6 +185,7 @@ def make_plan(
     machines, families, services = list(machines), list(families), list(services)
     _check_names("machine", machines, fleet.machines)
     _check_names("family", families, fleet.families)
+    named_families = list(families)
     groups = list(groups)
     _check_names("family group", groups, {f.group for f in fleet.families.values()})
     families += [f.name for f in fleet.families.values() if f.group in groups]
@@ -201,6 +196,10 @@ def make_plan(
     if not (families or services) or all_families:
         families = list(fleet.families)
 
+    gpu_machines = [m for m in machine_names if fleet.machines[m].has_gpu]
+    for name in named_families:
+        if fleet.families[name].gpu and not gpu_machines:
+            raise UsageError(f"family {name!r} is a GPU family, and none of the selected machine(s) {', '.join(machine_names)} has a GPU")
     chosen_services = [fleet.services[s] for s in sorted(set(services))]
     for svc in chosen_services:
         if not set(svc.machines) & set(machine_names) and not all_services:
@@ -216,8 +215,8 @@ def make_plan(
                 needed.update(f.name for f in fleet.lineage(svc.family))
         by_family: dict[str, Step] = {}
         for family in fleet.families.values():  # parents before children
-            if family.name not in needed:
-                continue
+            if family.name not in needed or (family.gpu and not fleet.machines[machine].has_gpu):
+                continue  # a machine without a GPU gets no CUDA image
             parent = by_family.get(family.parent) if family.parent else None
             step = _family_step(fleet, family, machine, parent)
             step = steps.setdefault(step.key, step)

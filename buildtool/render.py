@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import jinja2
 
-from buildtool.lockfile import install_set, read_lock
+from buildtool import quote
+from buildtool.errors import LockError
+from buildtool.lockfile import Lock, install_set, read_lock
 from buildtool.model import Family, Fleet, Machine, Service
+from buildtool.quote import Quoted
 
 LOCK_DIR = "lockfiles"
 REGENERATE = "nox -s render"
@@ -29,38 +32,81 @@ ROOT_ENV = (
 
 @dataclass(frozen=True, kw_only=True)
 class Rendered:
-    """Everything one image build reads: its Dockerfile, generated context files, and app sources."""
+    """Everything one image build reads, in memory: its Dockerfile, generated files and app sources.
+
+    The bytes hashed into the identity (:meth:`digest`) are the bytes :meth:`write` puts on disk.
+    """
 
     dockerfile: str
     files: tuple[tuple[str, bytes], ...]  # generated context files, by path in the context
-    app_dir: Path | None = None  # copied to app/ in the context (services only)
-    app_files: tuple[tuple[str, str], ...] = ()  # (path under app/, sha256) after ignore rules
+    app_files: tuple[tuple[str, bytes], ...] = ()  # copied to app/ in the context (services only)
 
     def digest(self) -> str:
         h = hashlib.sha256()
         h.update(b"Dockerfile\0" + self.dockerfile.encode() + b"\0")
         for path, data in self.files:
             h.update(path.encode() + b"\0" + hashlib.sha256(data).hexdigest().encode() + b"\0")
-        for path, sha in self.app_files:
-            h.update(b"app/" + path.encode() + b"\0" + sha.encode() + b"\0")
+        for path, data in self.app_files:
+            h.update(b"app/" + path.encode() + b"\0" + hashlib.sha256(data).hexdigest().encode() + b"\0")
         return h.hexdigest()
 
-    def write(self, dest: Path) -> None:
-        """Materialise the build context in ``dest`` (created; app sources copied)."""
+    def write(self, dest: Path, *, rootfs: Path | None = None) -> None:
+        """Materialise the build context in ``dest``, a new or empty folder: the one way a context
+        reaches the disk (render, build, bake and the bench). ``rootfs``: a bootstrapped root
+        filesystem tarball, hard-linked in as ``rootfs.tar``."""
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "Dockerfile").write_text(self.dockerfile, encoding="utf-8")
+        if rootfs is not None:
+            (dest / "rootfs.tar").hardlink_to(rootfs)
         for path, data in self.files:
             (dest / path).write_bytes(data)
-        if self.app_dir is not None:
-            for rel, _ in self.app_files:
-                target = dest / "app" / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes((self.app_dir / rel).read_bytes())
+        for rel, data in self.app_files:
+            target = dest / "app" / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
 
 
-def _kv_lines(pairs: list[tuple[str, str]]) -> str:
-    """KEY="value" pairs of one ENV/LABEL instruction, one per continued line."""
-    return " \\\n    ".join(f"{k}={json.dumps(v)}" for k, v in pairs)
+def _finalize(value: object) -> object:
+    """Every ``{{ }}`` of a template must be quoted for its place (:mod:`buildtool.quote`) or a number."""
+    if isinstance(value, Quoted) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise quote.Unrepresentable(f"template value {value!r} was not quoted for its place in the Dockerfile")
+
+
+def apt_install(packages: Iterable[str]) -> Quoted:
+    """One RUN step installing Debian packages, with apt's caches as cache mounts and its logs removed."""
+    return Quoted(
+        "RUN --network=host --mount=type=cache,target=/var/cache/apt,sharing=locked \\\n"
+        "    --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \\\n"
+        "    apt-get update \\\n"
+        f" && apt-get install -y --no-install-recommends {quote.shell_words(packages)} \\\n"
+        " && rm -rf /var/log/apt /var/log/dpkg.log /var/log/alternatives.log /var/cache/ldconfig/aux-cache"
+    )
+
+
+def pip_install(requirements: str = "requirements.txt", prefix: str = "/install", compile: bool = False) -> Quoted:
+    """One RUN step installing a hash-locked requirements file of the context.
+
+    The CA bundle and an index URL with its token reach pip only as BuildKit secrets.
+    ``compile``: packages may be built from source, with the build tools of the stage (no build
+    isolation) and without pip's wheel cache, which does not key on compiler flags or the target
+    architecture; the build tools sit in the stage's venv, and a package both list (packaging)
+    would count as installed there and miss /install: --ignore-installed. ``prefix=""``: into the
+    stage's own venv.
+    """
+    name = quote.token(requirements)
+    options = " --no-build-isolation --no-cache-dir --ignore-installed" if compile else ""
+    if prefix:
+        options += f" --prefix={quote.token(prefix)}"
+    return Quoted(
+        "RUN --network=host --mount=type=cache,target=/root/.cache/pip,sharing=locked \\\n"
+        "    --mount=type=secret,id=pip_ca,required=true \\\n"
+        "    --mount=type=secret,id=pip_index,required=false \\\n"
+        f"    --mount=type=bind,source={name},target=/tmp/{name} \\\n"
+        '    if [ -s /run/secrets/pip_index ]; then PIP_INDEX_URL="$(cat /run/secrets/pip_index)"; export PIP_INDEX_URL; fi \\\n'
+        " && PIP_CERT=/run/secrets/pip_ca /opt/venv/bin/python -m pip install \\\n"
+        f"      --no-deps --require-hashes --disable-pip-version-check{options} -r /tmp/{name}"
+    )
 
 
 @cache
@@ -72,9 +118,16 @@ def _env() -> jinja2.Environment:
         keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined,
         autoescape=False,
+        finalize=_finalize,
     )
-    env.filters["kv_lines"] = _kv_lines
-    env.filters["json"] = json.dumps
+    env.filters.update(
+        token=quote.token,
+        comment=quote.comment,
+        exec_form=quote.exec_form,
+        key_values=quote.key_values,
+        build_env=lambda pairs: quote.key_values(pairs, build_args=True),
+    )
+    env.globals.update(apt_install=apt_install, pip_install=pip_install)
     return env
 
 
@@ -89,8 +142,25 @@ def lock_path(fleet: Fleet, family: str | None = None, service: str | None = Non
     return fleet.root / LOCK_DIR / f"{family}.txt"
 
 
-def _header(source: str, what: str) -> str:
-    return f"# {what}, generated by buildtool from {source}; do not edit.\n# Regenerate with: {REGENERATE}"
+def _lock(fleet: Fleet, family: str | None = None, service: str | None = None) -> Lock:
+    path = lock_path(fleet, family, service)
+    shown = path.relative_to(fleet.root).as_posix()
+    lock = read_lock(path, shown)
+    if lock is None:
+        raise LockError(f"{shown} is missing; run `nox -s lock`")
+    return lock
+
+
+def _inherited_lock(fleet: Fleet, family: str | None) -> Lock | None:
+    """The lock of the nearest family on ``family``'s lineage (itself included) that has requirements."""
+    if family is None:
+        return None
+    owner = next((f for f in reversed(fleet.lineage(family)) if f.requirements), None)
+    return _lock(fleet, owner.name) if owner else None
+
+
+def _header(source: str, what: str) -> Quoted:
+    return Quoted(f"# {quote.comment(what)}, generated by buildtool from {quote.comment(source)}; do not edit.\n# Regenerate with: {REGENERATE}")
 
 
 def dockerignore(fleet: Fleet) -> bytes:
@@ -98,27 +168,6 @@ def dockerignore(fleet: Fleet) -> bytes:
     for pattern in fleet.settings.ignore:
         lines.append(f"**/{pattern.rstrip('/')}" if pattern.endswith("/") else f"**/{pattern}")
     return ("\n".join(lines) + "\n").encode()
-
-
-def ignored(rel: str, patterns: tuple[str, ...]) -> bool:
-    parts = rel.split("/")
-    for pattern in patterns:
-        if pattern.endswith("/"):
-            if pattern.rstrip("/") in parts[:-1] or pattern.rstrip("/") == parts[-1]:
-                return True
-        elif fnmatch.fnmatch(parts[-1], pattern) or fnmatch.fnmatch(rel, pattern):
-            return True
-    return False
-
-
-def app_files(fleet: Fleet, source: str) -> tuple[tuple[str, str], ...]:
-    base = fleet.root / source
-    out = []
-    for path in sorted(base.rglob("*")):
-        rel = path.relative_to(base).as_posix()
-        if path.is_file() and not ignored(rel, fleet.settings.ignore):
-            out.append((rel, hashlib.sha256(path.read_bytes()).hexdigest()))
-    return tuple(out)
 
 
 def machine_profile(machine: Machine) -> bytes:
@@ -142,22 +191,23 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
         header=_header(family.file, f"Dockerfile of family {family.name}"),
         family=family,
         machine=machine,
-        base="base" if family.root else "${PARENT_IMAGE}",
+        base=Quoted("base" if family.root else "${PARENT_IMAGE}"),
+        cmake_arch=machine.cuda_arch.replace(".", "") if machine else "",
         env=sorted(env),
         labels=labels,
     )
     files: list[tuple[str, bytes]] = [(".dockerignore", dockerignore(fleet))]
     # The family's packages and its build tools (builder stage only), minus what the parent holds.
-    parent = read_lock(lock_path(fleet, family.parent)) if family.parent else None
+    parent = _inherited_lock(fleet, family.parent)
     if family.requirements:
-        files.append(("requirements.txt", install_set(read_lock(lock_path(fleet, family.name)), parent).encode()))
+        files.append(("requirements.txt", install_set(_lock(fleet, family.name), parent).encode()))
     if family.machine_specific and machine is not None:
         files.append(("machine-profile.json", machine_profile(machine)))
     if family.builder and family.builder.requirements:
-        tools = read_lock(lock_path(fleet, build_lock_name(family.name)))
+        tools = _lock(fleet, build_lock_name(family.name))
         files.append(("build-requirements.txt", install_set(tools, parent).encode()))
     if family.builder and family.builder.setup:
-        files.append(("builder-setup.sh", (fleet.root / family.builder.setup).read_bytes()))
+        files.append(("builder-setup.sh", fleet.scripts[family.builder.setup]))
     return Rendered(dockerfile=text, files=tuple(files))
 
 
@@ -172,8 +222,7 @@ def healthcheck(fleet: Fleet, service: Service) -> list[str]:
 def service_requirements(fleet: Fleet, service: Service) -> str:
     if not service.requirements:
         return ""
-    family_lock = read_lock(lock_path(fleet, service.family))
-    return install_set(read_lock(lock_path(fleet, service=service.name)), family_lock)
+    return install_set(_lock(fleet, service=service.name), _inherited_lock(fleet, service.family))
 
 
 def render_service(fleet: Fleet, service: Service, machine: Machine) -> Rendered:
@@ -196,7 +245,7 @@ def render_service(fleet: Fleet, service: Service, machine: Machine) -> Rendered
     text = _env().get_template("service.Dockerfile.j2").render(
         header=_header(service.file, f"Dockerfile of service {service.name} for {machine.name}"),
         service=service,
-        family=family,
+        family_image=f"{family.name} for {machine.name}" if family.machine_specific else family.name,
         machine=machine,
         env=sorted(env.items()),
         labels=labels,
@@ -206,9 +255,4 @@ def render_service(fleet: Fleet, service: Service, machine: Machine) -> Rendered
     files: list[tuple[str, bytes]] = [(".dockerignore", dockerignore(fleet)), ("machine-profile.json", machine_profile(machine))]
     if service.requirements:
         files.append(("requirements.txt", requirements.encode()))
-    return Rendered(
-        dockerfile=text,
-        files=tuple(files),
-        app_dir=fleet.root / service.source,
-        app_files=app_files(fleet, service.source),
-    )
+    return Rendered(dockerfile=text, files=tuple(files), app_files=fleet.sources[service.source].files)
