@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildtool.errors import LockError
+from buildtool.sources import SourceProblem, read_regular
+
 _PIN_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
+# Lines the toolkit adds under a lock's generated header; the content hash covers everything else.
+INPUTS_KEY = "inputs-sha256"
+CONTENT_KEY = "content-sha256"
+ENGINE_KEY = "engine"
+STAMP_KEYS = (INPUTS_KEY, CONTENT_KEY, ENGINE_KEY)
 
 
 def canonical(name: str) -> str:
@@ -31,6 +40,25 @@ class Lock:
             if line.startswith(f"# {key}: "):
                 return line.split(": ", 1)[1].strip()
         return None
+
+    def edited(self) -> bool:
+        """True when the text no longer hashes to the content hash it was written with."""
+        return self.header_value(CONTENT_KEY) != content_hash(self.text)
+
+
+def content_hash(text: str) -> str:
+    """sha256 of a lock's text without the stamp lines (which hold this hash)."""
+    kept = [line for line in text.splitlines() if not any(line.startswith(f"# {key}: ") for key in STAMP_KEYS)]
+    return hashlib.sha256("\n".join(kept).encode()).hexdigest()
+
+
+def stamp(text: str, inputs: str, engine: str) -> str:
+    """Add the input hash, the content hash and the engine under the generated header of a fresh lock."""
+    lines = text.splitlines()
+    idx = next((i for i, line in enumerate(lines) if not line.startswith("#")), len(lines))
+    header, body = lines[:idx], ["#", *lines[idx:]]
+    digest = content_hash("\n".join(header + body))
+    return "\n".join([*header, f"# {INPUTS_KEY}: {inputs}", f"# {CONTENT_KEY}: {digest}", f"# {ENGINE_KEY}: {engine}", *body]) + "\n"
 
 
 def parse_lock(path: Path, text: str) -> Lock:
@@ -58,10 +86,21 @@ def parse_lock(path: Path, text: str) -> Lock:
     return Lock(path=path, text=text, pins=pins)
 
 
-def read_lock(path: Path) -> Lock | None:
-    if not path.is_file():
+def read_lock(path: Path, shown: str | None = None) -> Lock | None:
+    """The lock at ``path``, or None when there is none. A lock that is not a regular UTF-8 file
+    raises :class:`LockError` naming it (``shown``: the path to print)."""
+    shown = shown or path.name
+    if not path.exists() and not path.is_symlink():
         return None
-    return parse_lock(path, path.read_text(encoding="utf-8"))
+    try:
+        data = read_regular(path, shown)
+    except SourceProblem as exc:
+        raise LockError(f"{exc.path}: {exc.message}; regenerate it with `nox -s lock`") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LockError(f"{shown}: is not UTF-8 (byte {exc.start}); regenerate it with `nox -s lock`") from None
+    return parse_lock(path, text)
 
 
 def install_set(lock: Lock | None, parent: Lock | None) -> str:

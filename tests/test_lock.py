@@ -11,7 +11,7 @@ from buildtool import lock as locking
 from buildtool.__main__ import main
 from buildtool.config import load_fleet
 from buildtool.errors import LockError
-from buildtool.lockfile import install_set, parse_lock, read_lock
+from buildtool.lockfile import CONTENT_KEY, content_hash, install_set, parse_lock, read_lock
 
 PARENT = """\
 # header
@@ -51,7 +51,7 @@ def test_install_set_is_the_child_minus_the_parent() -> None:
 
 
 def test_shipped_locks_match_their_inputs(fleet_dir: Path) -> None:
-    assert locking.check(load_fleet(fleet_dir)) == []
+    assert locking.verify(load_fleet(fleet_dir)) == []
 
 
 def test_every_lock_is_fully_hashed(fleet_dir: Path) -> None:
@@ -84,19 +84,29 @@ def test_check_reports_stale_and_missing_locks(fleet_dir: Path, capsys: pytest.C
     assert "Traceback" not in err
 
 
+def restamp(path: Path) -> None:
+    """Rewrite the content hash of an edited lock, as someone covering a hand edit would."""
+    text = path.read_text()
+    lines = [f"# {CONTENT_KEY}: {content_hash(text)}" if line.startswith(f"# {CONTENT_KEY}: ") else line for line in text.splitlines()]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def test_check_reports_a_child_that_moved_a_parent_pin(fleet_dir: Path) -> None:
     lock = fleet_dir / "lockfiles" / "family-web.txt"
     text = lock.read_text()
-    numpy = read_lock(fleet_dir / "lockfiles" / "base-cpu-pydeps.txt").pins["starlette"].version
-    lock.write_text(text.replace(f"starlette=={numpy}", "starlette==0.0.1"))
-    problems = locking.check(load_fleet(fleet_dir))
+    starlette = read_lock(fleet_dir / "lockfiles" / "base-cpu-pydeps.txt").pins["starlette"].version
+    lock.write_text(text.replace(f"starlette=={starlette}", "starlette==0.0.1"))
+    problems = locking.verify(load_fleet(fleet_dir))
+    assert problems == ["lockfiles/family-web.txt: was edited by hand (its content no longer matches its content-sha256); run `nox -s lock -- family-web`"]
+    restamp(lock)
+    problems = locking.verify(load_fleet(fleet_dir))
     assert any("starlette==0.0.1 but its parent pins" in p for p in problems)
 
 
 def test_parent_change_makes_children_stale(fleet_dir: Path) -> None:
     lock = fleet_dir / "lockfiles" / "base-cpu-pydeps.txt"
     lock.write_text(lock.read_text().replace("numpy==1.26.4", "numpy==1.26.3"))
-    problems = locking.check(load_fleet(fleet_dir))
+    problems = locking.verify(load_fleet(fleet_dir))
     assert any(p.startswith("lockfiles/family-web.txt: stale") for p in problems)
 
 
@@ -134,7 +144,7 @@ def test_uv_command_line_and_constraints(fleet_dir: Path, monkeypatch: pytest.Mo
     assert kwargs["env"]["PIP_CONFIG_FILE"] == "/dev/null"
     written = read_lock(target.path)
     assert written.header_value(locking.INPUTS_KEY) == target.inputs_hash()
-    assert locking.check(fleet) == [] or all("family-web" not in p for p in locking.check(fleet))
+    assert all("family-web" not in p for p in locking.verify(fleet))
 
 
 def test_build_requirements_lock_without_dependencies(fleet_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,3 +183,61 @@ def test_uv_and_pip_compile_agree(fleet_dir: Path) -> None:
     assert {n: p.version for n, p in uv_lock.pins.items()} == {n: p.version for n, p in pip_lock.pins.items()}
     hashes = lambda lock: {n: sorted(line.strip(" \\") for line in p.block.splitlines()[1:]) for n, p in lock.pins.items()}  # noqa: E731
     assert hashes(uv_lock) == hashes(pip_lock)
+
+
+# --- against the real index (uv, PyPI) --------------------------------------------------------
+
+
+def lock_texts(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted((root / "lockfiles").rglob("*.txt"))}
+
+
+@pytest.mark.network
+def test_lock_check_proves_the_shipped_locks(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(fleet_dir), "lock", "--check"]) == 0, capsys.readouterr().err
+
+
+@pytest.mark.network
+def test_lock_check_catches_a_covered_hand_edit(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A hand edit whose content hash was recomputed still fails: the fresh resolution differs."""
+    lock = fleet_dir / "lockfiles" / "family-web.txt"
+    lock.write_text(lock.read_text().replace("gunicorn==23.0.0", "gunicorn==22.0.0"))
+    restamp(lock)
+    assert main(["--root", str(fleet_dir), "lock", "--check"]) == LockError.exit_code
+    err = capsys.readouterr().err
+    assert "lockfiles/family-web.txt: differs from a fresh resolution" in err
+    assert "-gunicorn==22.0.0 \\" in err and "+gunicorn==23.0.0 \\" in err
+
+
+@pytest.mark.network
+def test_adding_a_service_changes_no_family_lock(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = lock_texts(fleet_dir)
+    (fleet_dir / "services" / "NewAgent.toml").write_text(
+        'family = "family-web"\nmachines = ["pc2"]\nport = 7301\nhealth_port = 8301\nrequirements = ["httpx==0.27.0"]\n'
+    )
+    assert main(["--root", str(fleet_dir), "lock"]) == 0, capsys.readouterr().err
+    after = lock_texts(fleet_dir)
+    assert set(after) - set(before) == {"lockfiles/services/NewAgent.txt"}
+    assert {k: after[k] for k in before} == before  # byte-identical, GPU families included
+    assert "httpx==0.27.0" in after["lockfiles/services/NewAgent.txt"]
+    out = capsys.readouterr().out
+    assert "1 of 10 locks changed" in out
+    assert main(["--root", str(fleet_dir), "lock"]) == 0  # and again: nothing resolved, nothing written
+    assert "0 of 10 locks changed" in capsys.readouterr().out
+    assert lock_texts(fleet_dir) == after
+
+
+@pytest.mark.network
+def test_upgrade_package_moves_only_that_pin(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lock = fleet_dir / "lockfiles" / "base-cpu-pydeps.txt"
+    current = read_lock(lock).pins["idna"].version
+    lock.write_text(lock.read_text().replace(f"idna=={current}", "idna==3.7"))
+    restamp(lock)  # an older pin that still fits: resolving again keeps it (stable) ...
+    assert main(["--root", str(fleet_dir), "lock", "base-cpu-pydeps"]) == 0
+    assert "resolved, unchanged" in capsys.readouterr().out
+    assert read_lock(lock).pins["idna"].version == "3.7"
+    others = {n: p.version for n, p in read_lock(lock).pins.items() if n != "idna"}
+    # ... and --upgrade-package moves it, and nothing else.
+    assert main(["--root", str(fleet_dir), "lock", "--upgrade-package", "idna"]) == 0, capsys.readouterr().err
+    assert read_lock(lock).pins["idna"].version != "3.7"
+    assert {n: p.version for n, p in read_lock(lock).pins.items() if n != "idna"} == others

@@ -72,7 +72,7 @@ def test_machine_specific_families_differ_per_machine(fleet_dir: Path) -> None:
 def test_changing_a_lock_changes_that_family_and_its_descendants_only(fleet_dir: Path) -> None:
     before = identities(fleet_dir, all_services=True)
     lock = fleet_dir / "lockfiles" / "base-cpu-pydeps.txt"
-    lock.write_text(lock.read_text() + "# touched\n")
+    lock.write_text(lock.read_text().replace("numpy==1.26.4", "numpy==1.26.3"))
     after = identities(fleet_dir, all_services=True)
     fleet = load_fleet(fleet_dir)
     changed = {k for k in before if before[k] != after[k]}
@@ -81,6 +81,14 @@ def test_changing_a_lock_changes_that_family_and_its_descendants_only(fleet_dir:
         f"service:{s.name}@{m}" for s in fleet.services.values() if s.family in below for m in s.machines
     }
     assert changed == expected
+
+
+def test_a_lock_comment_changes_no_identity(fleet_dir: Path) -> None:
+    """Identities follow what is installed (the context's requirements files), not a lock's comments."""
+    before = identities(fleet_dir, all_services=True)
+    lock = fleet_dir / "lockfiles" / "base-cpu-pydeps.txt"
+    lock.write_text(lock.read_text().replace("    # via", "    # (reformatted) via"))
+    assert identities(fleet_dir, all_services=True) == before
 
 
 def test_changing_app_code_changes_only_services_using_it(fleet_dir: Path) -> None:
