@@ -6,10 +6,10 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from rich.table import Table
 
@@ -39,13 +39,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Write every planned build context (Dockerfile, .dockerignore, generated files) under --out."""
+    from buildtool.output import adopt, owned_dir
+
     fleet = _fleet(args)
     plan = make_plan(fleet, all_families=True, all_services=True)
-    out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)  # generated: nothing stale may survive
+    adopt(fleet.root / "build")
+    out = owned_dir(Path(args.out), repo=fleet.root, what="render --out", clear=True)
     for step in plan.steps:
-        dest = out / step.kind / step.repository
-        step.rendered.write(dest)
+        step.rendered.write(out / step.kind / step.repository)
     console.print(f"rendered {len(plan.steps)} build contexts under {out}")
     return 0
 
@@ -56,14 +57,16 @@ def cmd_lock(args: argparse.Namespace) -> int:
         problems = locking.check(fleet)
         if problems:
             raise LockError("locks do not match their inputs:\n" + "\n".join(f"  - {p}" for p in problems))
-        console.print(f"all {len(locking.targets(fleet))} locks match their inputs")
+        console.print(f"all {len(locking.targets(fleet))} locks match their inputs and a fresh resolution of them")
         return 0
     total = time.monotonic()
-    for target in locking.targets(fleet, args.names or None):
-        seconds = locking.compile_target(target, engine=args.engine)
-        lock = target.path.relative_to(fleet.root)
-        console.print(f"locked {target.name:<28} {len(locking.read_lock(target.path).pins):>4} pins  {seconds:6.1f}s  -> {lock}")
-    console.print(f"done in {time.monotonic() - total:.1f}s with {args.engine}")
+    outcomes = locking.lock(fleet, args.names, engine=args.engine, upgrade=args.upgrade, upgrade_packages=args.upgrade_package)
+    for o in outcomes:
+        state = "locked" if o.changed else "resolved, unchanged" if o.resolved else "up to date"
+        took = f"{o.seconds:6.1f}s" if o.resolved else " " * 7
+        console.print(f"{state:<20} {o.target.name:<28} {o.pins:>4} pins {took}  {o.target.shown}")
+    changed = sum(o.changed for o in outcomes)
+    console.print(f"{changed} of {len(outcomes)} locks changed in {time.monotonic() - total:.2f}s ({args.engine})")
     return 0
 
 
@@ -94,8 +97,17 @@ def _plan(fleet, args: argparse.Namespace):
     )
 
 
-def _state_dir(args: argparse.Namespace) -> Path:
-    return Path(os.environ.get("FLEET_STATE_DIR") or Path(args.root) / "build")
+def _state_dir(args: argparse.Namespace, *, own: bool = False) -> Path:
+    """The state dir (FLEET_STATE_DIR, default build/ of the repository); ``own``: it will be written to."""
+    from buildtool.output import adopt, owned_dir
+
+    default = Path(args.root).resolve() / "build"
+    state = Path(os.environ.get("FLEET_STATE_DIR") or default)
+    if not own:
+        return state
+    # The repository's build/ (ignored by git) is the toolkit's own; any other folder must be new, empty or marked.
+    adopt(default)
+    return owned_dir(state, repo=Path(args.root), what="state dir (FLEET_STATE_DIR)")
 
 
 def _options(fleet, args: argparse.Namespace, tag: str):
@@ -126,11 +138,19 @@ def _bring_up(fleet, state: Path):
     return Registry(address, token=os.environ.get("FLEET_REGISTRY_TOKEN"))
 
 
+def _lock_names(fleet, plan) -> list[str]:
+    """The lock targets the plan's images are made from (each image's lock and its ancestors')."""
+    names = {f.name for s in plan.steps for f in fleet.lineage(s.name if s.kind == "family" else fleet.services[s.name].family)}
+    names |= {s.name for s in plan.steps if s.kind == "service"}
+    return [t.name for t in locking.targets(fleet) if t.name in names or t.name.removesuffix(".build") in names]
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     """Build, verify and push the selected images; publish release tags when every one succeeded."""
     from buildtool import build, report
     from buildtool.bootstrap import bootstrap_rootfs
     from buildtool.docker import Docker
+    from buildtool.output import atomic_write
     from buildtool.progress import Progress
     from buildtool.release import publish, release_tag
 
@@ -138,7 +158,10 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.families_only and not (args.family or args.group or args.services):
         args.group = ["cpu"]
     plan = _plan(fleet, args)
-    state = _state_dir(args)
+    problems = locking.verify(fleet, _lock_names(fleet, plan))
+    if problems:
+        raise LockError("locks of the selected images do not match their inputs; nothing was built:\n" + "\n".join(f"  - {p}" for p in problems))
+    state = _state_dir(args, own=True)
     registry = _bring_up(fleet, state)
     tag = release_tag(fleet.root, os.environ)
     options = _options(fleet, args, tag)
@@ -149,7 +172,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     elapsed = time.monotonic() - started
     failed = [r for r in results if r.status in ("failed", "blocked")]
     (state / "reports").mkdir(parents=True, exist_ok=True)
-    (state / "reports" / "last-run.json").write_text(json.dumps({"tag": tag, "seconds": elapsed, "results": build.results_json(results)}, indent=2))
+    atomic_write(state / "reports" / "last-run.json", json.dumps({"tag": tag, "seconds": elapsed, "results": build.results_json(results)}, indent=2))
     if failed:
         details = "\n".join(f"  - {r.repository}: {r.status}: {r.message}" for r in failed)
         raise BuildError(f"{len(failed)} of {len(results)} images did not build; no tag was moved:\n{details}")
@@ -169,13 +192,16 @@ def cmd_bake(args: argparse.Namespace) -> int:
     """Write the plan as docker-bake.json (with materialised contexts) for `docker buildx bake`."""
     from buildtool import bake, build
     from buildtool.bootstrap import bootstrap_rootfs
+    from buildtool.output import owned_dir
 
     fleet = _fleet(args)
     if not (args.family or args.group or args.services or args.all):
         args.group = ["cpu"]
     plan = _plan(fleet, args)
+    out = owned_dir(Path(args.out), repo=fleet.root, what="bake --out", clear=True)
+    _state_dir(args, own=True)
     options = _options(fleet, args, "")
-    path = bake.write(plan, options, Path(args.out), bootstrap=lambda step: build.rootfs(step, options, bootstrap_rootfs))
+    path = bake.write(plan, options, out, bootstrap=lambda step: build.rootfs(step, options, bootstrap_rootfs))
     console.print(f"wrote {path} ({len(plan.steps)} targets); build with: docker buildx bake -f {path}")
     return 0
 
@@ -184,7 +210,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from buildtool import bench
 
     fleet = _fleet(args)
-    state = _state_dir(args) / "bench"
+    state = _state_dir(args, own=True) / "bench"
     _bring_up(fleet, state)
     saved = dict(os.environ)
     try:
@@ -240,7 +266,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="buildtool", description="Build the fleet's container images.")
+    parser = _Parser(prog="buildtool", description="Build the fleet's container images.")
     parser.add_argument("--root", default=str(REPO), help="repository root holding fleet.toml (default: this checkout)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.add_argument("--registry", help="registry host[:port] (default: FLEET_REGISTRY, then fleet.toml)")
@@ -253,10 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(REPO / "build" / "rendered"))
     p.set_defaults(func=cmd_render)
 
-    p = sub.add_parser("lock", help="hash-lock family and service requirements")
-    p.add_argument("names", nargs="*", help="families or services to lock (default: all)")
-    p.add_argument("--check", action="store_true", help="fail when a lock no longer matches its inputs")
+    p = sub.add_parser("lock", help="hash-lock family and service requirements (stable: unchanged inputs keep their pins)")
+    p.add_argument("names", nargs="*", help="families or services to resolve again (default: those whose inputs changed)")
+    p.add_argument("--check", action="store_true", help="fail unless every lock matches its inputs and a fresh resolution of them")
     p.add_argument("--engine", choices=locking.ENGINES, default="uv")
+    p.add_argument("--upgrade", action="store_true", help="resolve every lock from scratch: move every pin to the newest that fits")
+    p.add_argument("--upgrade-package", action="append", default=[], metavar="NAME", help="move this package's pin (repeatable)")
     p.set_defaults(func=cmd_lock)
 
     p = sub.add_parser("build", help="build, verify, push and publish images")
@@ -304,21 +332,39 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every service")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments exit with UsageError's code (argparse's own 2 is ConfigError's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(name)s: %(message)s")
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(name)s: %(message)s")
         return args.func(args)
     except ToolError as exc:
-        if args.debug:
+        if debug:
             raise
         file = exc.problems[0].file if isinstance(exc, ConfigError) else None
         error(exc.message, file=file)
         return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`plan --json | head`): stop writing, quietly, as a SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt:
         error("interrupted")
         return 130
+    except Exception as exc:
+        if debug:
+            raise
+        error(f"internal error: {type(exc).__name__}: {exc}\nThis is a bug in buildtool; rerun with --debug for the traceback.")
+        return 70
 
 
 if __name__ == "__main__":

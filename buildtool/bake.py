@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from buildtool.build import Options
+from buildtool.output import atomic_write, owned_dir
 from buildtool.plan import Plan, Step
 
 
@@ -42,16 +43,11 @@ def bake_file(plan: Plan, options: Options, contexts: Path) -> dict[str, object]
 
 def write(plan: Plan, options: Options, dest: Path, *, bootstrap=None) -> Path:
     """Materialise every context under ``dest``/contexts and write ``dest``/docker-bake.json."""
+    dest = owned_dir(dest, what="bake --out", clear=True)
     contexts = dest / "contexts"
     for step in plan.steps:
-        ctx = contexts / step.repository
-        step.rendered.write(ctx)
-        if step.root is not None and step.root.source == "bootstrap" and bootstrap is not None:
-            tar = bootstrap(step)
-            link = ctx / "rootfs.tar"
-            if link.exists():
-                link.unlink()
-            link.hardlink_to(tar)
+        needs_root = step.root is not None and step.root.source == "bootstrap" and bootstrap is not None
+        step.rendered.write(contexts / step.repository, rootfs=bootstrap(step) if needs_root else None)
     path = dest / "docker-bake.json"
-    path.write_text(json.dumps(bake_file(plan, options, contexts.resolve()), indent=2) + "\n")
+    atomic_write(path, json.dumps(bake_file(plan, options, contexts.resolve()), indent=2) + "\n")
     return path

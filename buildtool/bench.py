@@ -25,20 +25,18 @@ from rich.table import Table
 from buildtool import bake, build, lock
 from buildtool.bootstrap import bootstrap_rootfs
 from buildtool.cmd import run
-from buildtool.config import FLEET_PARTS, load_fleet
+from buildtool.config import copy_fleet, load_fleet
 from buildtool.console import console
 from buildtool.errors import CommandError
+from buildtool.output import owned_dir
 from buildtool.plan import make_plan
 
 SERVICES = ["ServiceRegistry", "MemoryFusionHub", "CacheManager", "SelfHealingSupervisor"]
 
 
 def _copy_fleet(src: Path, dest: Path) -> None:
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    for part in FLEET_PARTS:
-        s = src / part
-        (shutil.copytree if s.is_dir() else shutil.copy2)(s, dest / part)
+    owned_dir(dest, repo=src, what="bench fleet copy", clear=True)
+    copy_fleet(src, dest)
     shutil.copytree(dest / "agents" / "reference_agent", dest / "agents" / "bench_agent")
     svc = dest / "services" / f"{SERVICES[0]}.toml"
     svc.write_text(svc.read_text() + 'source = "agents/bench_agent"\n')

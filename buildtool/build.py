@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from buildtool.docker import Docker
 from buildtool.errors import BuildError, CommandError, ToolError, VerifyError
+from buildtool.output import owned_dir
 from buildtool.plan import Plan, Step
 from buildtool.progress import Progress
 from buildtool.registry import Registry
@@ -179,13 +179,13 @@ class Executor:
         return "built", digest
 
     def _context(self, step: Step) -> Path:
-        context = self.options.state_dir / "contexts" / step.repository
-        shutil.rmtree(context, ignore_errors=True)
-        step.rendered.write(context)
+        tar = None
         if step.root is not None and step.root.source == "bootstrap":
             if self.bootstrap is None:
                 raise BuildError(f"{step.name} needs a bootstrapped root filesystem, but no bootstrapper is configured")
-            os.link(rootfs(step, self.options, self.bootstrap), context / "rootfs.tar")
+            tar = rootfs(step, self.options, self.bootstrap)
+        context = owned_dir(self.options.state_dir / "contexts" / step.repository, what="build context", clear=True)
+        step.rendered.write(context, rootfs=tar)
         return context
 
     def verify(self, step: Step, ref: str) -> None:

@@ -86,6 +86,12 @@ class BuildError(ToolError):
     exit_code = 8
 
 
+class OutputError(ToolError):
+    """A path the toolkit was asked to write to is not one it may write to (or empty)."""
+
+    exit_code = 11
+
+
 class VerifyError(BuildError):
     """A built image failed its smoke checks or health check."""
 

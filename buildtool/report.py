@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.table import Table
 
 from buildtool.console import console, step_summary
+from buildtool.output import atomic_write
 from buildtool.plan import Plan
 from buildtool.registry import Registry
 from buildtool.release import PREVIOUS
@@ -63,7 +64,7 @@ def _uncompressed(registry: Registry, repo: str, ref: str, cache_dir: Path) -> i
         cached = cache_dir / layer["digest"].replace(":", "-")
         if not cached.is_file():
             cache_dir.mkdir(parents=True, exist_ok=True)
-            cached.write_text(str(registry.uncompressed_size(repo, layer["digest"])))
+            atomic_write(cached, str(registry.uncompressed_size(repo, layer["digest"])))
         total += int(cached.read_text())
     return total
 
@@ -76,7 +77,7 @@ def _layer_files(registry: Registry, repo: str, digest: str, cache_dir: Path) ->
     cached = cache_dir / (digest.replace(":", "-") + ".json")
     if not cached.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        cached.write_text(json.dumps(registry.layer_files(repo, digest)))
+        atomic_write(cached, json.dumps(registry.layer_files(repo, digest)))
     return [tuple(x) for x in json.loads(cached.read_text())]
 
 
@@ -207,8 +208,8 @@ def largest_layers(sizes: list[ImageSize]) -> str:
 def write(sizes: list[ImageSize], state_dir: Path) -> Path:
     reports = state_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    (reports / "sizes.json").write_text(json.dumps([asdict(s) for s in sizes], indent=2))
-    (reports / "sizes.md").write_text(markdown(sizes))
+    atomic_write(reports / "sizes.json", json.dumps([asdict(s) for s in sizes], indent=2))
+    atomic_write(reports / "sizes.md", markdown(sizes))
     return reports
 
 

@@ -7,13 +7,12 @@ run only when selected (``--run-engine``, ``--run-network``, ``--run-gpu-familie
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from buildtool.config import FLEET_PARTS
+from buildtool.config import copy_fleet
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,10 +63,5 @@ def real_subprocess() -> None:
 @pytest.fixture
 def fleet_dir(tmp_path: Path) -> Path:
     """A writable copy of the shipped fleet definition (with locks and the reference agent)."""
-    for part in FLEET_PARTS:
-        src = REPO / part
-        if src.is_dir():
-            shutil.copytree(src, tmp_path / part)
-        elif src.is_file():
-            shutil.copy2(src, tmp_path / part)
+    copy_fleet(REPO, tmp_path)
     return tmp_path

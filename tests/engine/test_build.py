@@ -18,10 +18,12 @@ import pytest
 from python_on_whales import docker
 
 from buildtool.__main__ import main
+from buildtool.config import copy_fleet
 from buildtool.docker import HARDENED
 from buildtool.errors import BuildError
+from buildtool.output import adopt
 from buildtool.registry import Registry
-from tests.conftest import FLEET_PARTS, REPO
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.engine
 
@@ -34,13 +36,12 @@ CHAIN = ["base-python", "base-utils", "base-cpu-pydeps", "family-web", "service-
 def env(tmp_path_factory: pytest.TempPathFactory):
     """A copy of the fleet, its own registry org and state dir, and the first real build."""
     root = tmp_path_factory.mktemp("fleet")
-    for part in FLEET_PARTS:
-        src = REPO / part
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, root / part)
+    copy_fleet(REPO, root)
     # A service with its own code, so a one-file change touches exactly one image.
     shutil.copytree(REPO / "agents" / "reference_agent", root / "agents" / "own_agent")
     svc = root / "services" / f"{SERVICE}.toml"
     svc.write_text(svc.read_text() + 'source = "agents/own_agent"\n')
+    adopt(REPO / "build")  # the repository's build/ is the toolkit's; the state dir below it may be reused
     state = Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
     values = {
         "FLEET_ORG": f"test-{int(time.time())}-{os.getpid()}",
@@ -182,3 +183,20 @@ def test_legacy_service_runs_python_310_from_ubuntu(env) -> None:
     out = docker.run(ref, ["python", "-c", "import sys, pydantic; print(sys.version.split()[0], pydantic.VERSION)"], remove=True, **HARDENED)
     version, pydantic = out.split()
     assert version.startswith("3.10.") and pydantic == "1.10.15"
+
+
+def test_hostile_values_arrive_unchanged_in_the_image(env) -> None:
+    """Quotes, $, backslashes, {{ }}, non-ASCII (and line breaks in exec form) reach the image as written."""
+    from tests.test_render_injection import LINE, MULTI, toml
+
+    (env["root"] / "services" / "HostileAgent.toml").write_text(
+        f'family = "family-web"\nmachines = ["pc2"]\nport = 7399\nhealth_port = 8399\nneeds = {toml(LINE)}\n'
+        f'entrypoint = {toml(["python", "/app/agent.py", MULTI])}\n[env]\nHOSTILE = {toml(LINE)}\n'
+    )
+    assert build(env, "HostileAgent", tag="hostile-1") == 0
+    ref = f"{ADDRESS}/{env['org']}/hostile-agent-pc2:hostile-1"
+    docker.image.pull(ref, quiet=True)
+    config = docker.image.inspect(ref).config
+    assert dict(e.split("=", 1) for e in config.env)["HOSTILE"] == LINE
+    assert config.labels["org.opencontainers.image.description"] == f"HostileAgent ({LINE}) for pc2"
+    assert config.cmd == ["python", "/app/agent.py", MULTI]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from buildtool.__main__ import main
+from buildtool.output import adopt
 from buildtool.registry import Registry
 from tests.conftest import REPO
 
@@ -27,6 +28,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.gpu_families]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory):
+    adopt(REPO / "build")  # the repository's build/ is the toolkit's; the state dir below it may be reused
     state = Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
     saved = {k: os.environ.get(k) for k in ("FLEET_ORG", "FLEET_STATE_DIR", "FORCE_IMAGE_TAG")}
     os.environ.update({"FLEET_ORG": f"gpu-test-{int(time.time())}", "FLEET_STATE_DIR": str(state), "FORCE_IMAGE_TAG": "gpu-1"})
