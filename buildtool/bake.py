@@ -9,27 +9,27 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from buildtool.build import Options
-from buildtool.output import atomic_write, owned_dir
-from buildtool.plan import Plan, Step
+from buildtool.adapters.files import atomic_write, owned_dir, write_context
+from buildtool.plan.plan import Plan, Step
+from buildtool.settings import Settings
 
 
 def _target_name(step: Step) -> str:
     return step.repository.replace(".", "-")
 
 
-def bake_file(plan: Plan, options: Options, contexts: Path) -> dict[str, object]:
+def bake_file(plan: Plan, settings: Settings, contexts: Path) -> dict[str, object]:
     targets: dict[str, object] = {}
     for step in plan.steps:
-        args = {"SOURCE_DATE_EPOCH": str(options.source_date_epoch)}
+        args = {"SOURCE_DATE_EPOCH": str(settings.source_date_epoch)}
         target: dict[str, object] = {
             "context": str(contexts / step.repository),
             "dockerfile": "Dockerfile",
             "args": args,
-            "tags": [options.ref(step)],
-            "secret": options.secrets(),
+            "tags": [str(settings.ref(step.repository, step.id_tag))],
+            "secret": settings.secrets(),
             "entitlements": ["network.host"],
-            "cache-from": [f"type=registry,ref={options.cache_ref(step)}"],
+            "cache-from": [f"type=registry,ref={settings.cache_ref(step.repository)}"],
             "output": ["type=docker"],
         }
         if step.parent:
@@ -41,13 +41,13 @@ def bake_file(plan: Plan, options: Options, contexts: Path) -> dict[str, object]
     return {"group": {"default": {"targets": list(targets)}}, "target": targets}
 
 
-def write(plan: Plan, options: Options, dest: Path, *, bootstrap=None) -> Path:
+def write(plan: Plan, settings: Settings, dest: Path, *, bootstrap=None) -> Path:
     """Materialise every context under ``dest``/contexts and write ``dest``/docker-bake.json."""
     dest = owned_dir(dest, what="bake --out", clear=True)
     contexts = dest / "contexts"
     for step in plan.steps:
         needs_root = step.root is not None and step.root.source == "bootstrap" and bootstrap is not None
-        step.rendered.write(contexts / step.repository, rootfs=bootstrap(step) if needs_root else None)
+        write_context(contexts / step.repository, step.rendered.context_files(), rootfs=bootstrap(step) if needs_root else None)
     path = dest / "docker-bake.json"
-    atomic_write(path, json.dumps(bake_file(plan, options, contexts.resolve()), indent=2) + "\n")
+    atomic_write(path, json.dumps(bake_file(plan, settings, contexts.resolve()), indent=2) + "\n")
     return path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from buildtool.config import copy_fleet
+from buildtool.adapters.files import copy_fleet
 
 REPO = Path(__file__).resolve().parent.parent
 

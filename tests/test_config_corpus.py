@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from buildtool.__main__ import main
+from buildtool.cli.main import main
 
 Mutation = Callable[[Path], None]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from buildtool import engine
-from buildtool.errors import CommandError, EngineError
+from buildtool.adapters import setup as engine
+from buildtool.core.errors import CommandError, EngineError
 
 
 def test_no_engine_off_debian_gives_instructions(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_engine_without_containerd_store_is_refused(monkeypatch: pytest.MonkeyPa
             return subprocess.CompletedProcess(argv, 0, '[["Backing Filesystem","extfs"]]', "")
         return subprocess.CompletedProcess(argv, 0, "26.1.5", "")
 
-    monkeypatch.setattr(engine.cmd, "run", fake_run)
+    monkeypatch.setattr(engine.host, "run", fake_run)
     with pytest.raises(EngineError, match="containerd image store"):
         engine.ensure_engine(state_dir=tmp_path)
 
@@ -46,5 +46,5 @@ def test_failed_engine_check_counts_as_no_engine(monkeypatch: pytest.MonkeyPatch
     def failing(argv, **kwargs):
         raise CommandError(list(argv), 1, "Cannot connect to the Docker daemon")
 
-    monkeypatch.setattr(engine.cmd, "run", failing)
+    monkeypatch.setattr(engine.host, "run", failing)
     assert engine._engine_ok() is None

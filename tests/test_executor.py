@@ -2,79 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
 
-from buildtool.build import Executor, Options
-from buildtool.config import load_fleet
-from buildtool.errors import BuildError, CommandError, UsageError
-from buildtool.plan import make_plan
-from buildtool.progress import Progress
-from buildtool.registry import Manifest
-from buildtool.release import publish, rollback
+from buildtool import settings as run_settings
+from buildtool.core.errors import BuildError, CommandError, UsageError
+from buildtool.execute.executor import Executor
+from buildtool.model.load import load_fleet
+from buildtool.plan.plan import make_plan
+from buildtool.publish.release import publish, rollback
+from tests.fakes import FakeEngine, FakeRegistry, QuietProgress
+
+FakeDocker = FakeEngine
 
 
-class FakeRegistry:
-    def __init__(self) -> None:
-        self.tags: dict[tuple[str, str], Manifest] = {}
-
-    def add(self, repo: str, tag: str, content: str) -> Manifest:
-        body = content.encode()
-        m = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type="application/vnd.oci.image.manifest.v1+json", body=body)
-        self.tags[(repo, tag)] = m
-        return m
-
-    def digest(self, repo: str, ref: str) -> str | None:
-        m = self.tags.get((repo, ref))
-        return m.digest if m else None
-
-    def manifest(self, repo: str, ref: str) -> Manifest | None:
-        return self.tags.get((repo, ref))
-
-    def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> None:
-        self.tags[(repo, tag)] = manifest
-
-
-class FakeDocker:
-    """Records builds; 'pushes' by adding the id tag to the fake registry."""
-
-    def __init__(self, registry: FakeRegistry, *, fail: set[str] = frozenset(), user: str = "10001:10001") -> None:
-        self.registry = registry
-        self.fail = fail
-        self.user = user
-        self.builds: list[tuple[str, dict[str, str], list[str]]] = []
-        self.checks: list[tuple[str, tuple[str, ...]]] = []
-        self.healthy: list[str] = []
-
-    def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log) -> None:
-        assert (context / "Dockerfile").is_file()
-        self.builds.append((tag, dict(build_args), list(secrets)))
-        if any(f"/{name}:" in tag for name in self.fail):
-            raise BuildError(f"build of {tag} failed")
-
-    def image_user(self, ref: str) -> str:
-        return self.user
-
-    gpus = False
-
-    def gpus_available(self, ref: str) -> bool:
-        return self.gpus
-
-    def run_checks(self, ref: str, checks, *, gpus: bool = False) -> list[tuple[str, str]]:
-        self.checks += [(ref, tuple(argv)) for _, argv in checks]
-        if gpus:
-            self.gpu_runs = [*getattr(self, "gpu_runs", []), ref]
-        return []
-
-    def wait_healthy(self, ref: str, name: str, timeout: float) -> None:
-        self.healthy.append(ref)
-
-    def push(self, ref: str) -> None:
-        repo_tag = ref.split("/", 1)[1]
-        repo, tag = repo_tag.rsplit(":", 1)
-        self.registry.add(repo, tag, ref)
+def settings_for(fleet, state: Path, **env: str) -> run_settings.Settings:
+    return run_settings.from_sources(fleet, {"FLEET_STATE_DIR": str(state), "FLEET_PIP_CA": "/ca.crt", **env})
 
 
 def write_rootfs(*, out: Path, **kwargs) -> Path:
@@ -82,13 +26,11 @@ def write_rootfs(*, out: Path, **kwargs) -> Path:
     return out
 
 
-def run(fleet_dir: Path, tmp_path: Path, registry: FakeRegistry, docker: FakeDocker, bootstrap=write_rootfs, **selection):
+def run(fleet_dir: Path, tmp_path: Path, registry: FakeRegistry, docker: FakeEngine, bootstrap=write_rootfs, **selection):
     fleet = load_fleet(fleet_dir)
     plan = make_plan(fleet, **selection)
-    options = Options(registry="127.0.0.1:5000", org="fleet", state_dir=tmp_path / "state", ca_bundle=Path("/ca.crt"), source_date_epoch=0, jobs=2)
-
-    with Progress([(s.key, s.repository) for s in plan.steps], live=False) as progress:
-        results = Executor(plan, options=options, docker=docker, registry=registry, progress=progress, bootstrap=bootstrap).run()
+    settings = settings_for(fleet, tmp_path / "state")
+    results = Executor(plan, settings=settings, engine=docker, registry=registry, progress=QuietProgress(), bootstrap=bootstrap).run()
     return plan, {r.key: r for r in results}
 
 
@@ -129,7 +71,7 @@ def test_second_run_with_nothing_changed_builds_nothing(fleet_dir: Path, tmp_pat
 
 def test_failure_blocks_descendants_only(fleet_dir: Path, tmp_path: Path) -> None:
     registry = FakeRegistry()
-    docker = FakeDocker(registry, fail={"base-cpu-pydeps"})
+    docker = FakeDocker(registry, fail=["base-cpu-pydeps"])
     _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry", "IntentionValidatorAgent"])
     assert results["family:base-cpu-pydeps"].status == "failed"
     assert results["family:family-web"].status == "blocked"
@@ -175,13 +117,13 @@ def test_rollback_swaps_and_honours_force_image_tag() -> None:
     two = registry.add("fleet/a", "id-2", "two")
     publish(registry, "fleet", {"a": "id-1"}, "r1")
     publish(registry, "fleet", {"a": "id-2"}, "r2")
-    rollback(registry, "fleet", ["a"], {})
+    rollback(registry, "fleet", ["a"])
     assert registry.digest("fleet/a", "latest") == one.digest
     assert registry.digest("fleet/a", "prev") == two.digest
-    rollback(registry, "fleet", ["a"], {"FORCE_IMAGE_TAG": "r2"})
+    rollback(registry, "fleet", ["a"], "r2")
     assert registry.digest("fleet/a", "latest") == two.digest
     with pytest.raises(UsageError, match="does not exist"):
-        rollback(registry, "fleet", ["a"], {"FORCE_IMAGE_TAG": "nope"})
+        rollback(registry, "fleet", ["a"], "nope")
 
 
 def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Path, tmp_path: Path) -> None:
@@ -226,15 +168,15 @@ def test_gpu_smoke_checks_run_only_where_the_engine_has_a_gpu(fleet_dir: Path, t
     docker.gpus = gpus
     _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-gpu-cu121"])
     assert results["family:base-gpu-cu121"].status == "built"
-    assert bool(getattr(docker, "gpu_runs", [])) is gpus  # with --gpus all only where there is a GPU
+    assert bool(docker.gpu_runs) is gpus  # with --gpus all only where there is a GPU
     ran_gpu_check = any(argv == ("python", "-c", "pass") for _, argv in docker.checks)
     assert ran_gpu_check is gpus
 
 
 def test_pip_index_token_reaches_builds_only_as_a_secret(fleet_dir: Path, tmp_path: Path) -> None:
-    options = Options(registry="r", org="o", state_dir=tmp_path, ca_bundle=Path("/ca.crt"), source_date_epoch=0, pip_index_env="FLEET_PIP_INDEX_URL")
-    assert options.secrets() == ["id=pip_ca,src=/ca.crt", "id=pip_index,env=FLEET_PIP_INDEX_URL"]
     fleet = load_fleet(fleet_dir)
+    settings = settings_for(fleet, tmp_path, FLEET_PIP_INDEX_URL="https://user:token@index.example/simple")
+    assert settings.secrets() == ["id=pip_ca,src=/ca.crt", "id=pip_index,env=FLEET_PIP_INDEX_URL"]
     text = make_plan(fleet, families=["family-web"]).step("family:family-web").rendered.dockerfile
     assert "--mount=type=secret,id=pip_index,required=false" in text
     assert "FLEET_PIP_INDEX_URL" not in text and "ARG PIP_INDEX_URL" not in text

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from buildtool.__main__ import main
+from buildtool.cli.main import main
 from tests.conftest import REPO
 from tests.test_config_corpus import append, both, prepend, replace, symlink, write, write_bytes
 
@@ -153,7 +153,7 @@ CASES = [
          "settings.registry"),
     Case("org-trailing-newline", replace(FLEET, 'org = "fleet"', 'org = "fleet\\n"'), VALIDATE, 2, FLEET, "settings.org"),
     Case("env-registry-trailing-newline", set_env(FLEET_REGISTRY="127.0.0.1:5000\n"), BUILD, 2, "environment", "FLEET_REGISTRY"),
-    Case("env-org-trailing-newline", set_env(FLEET_ORG="fleet\n"), PLAN, 2, "environment", "FLEET_ORG"),
+    Case("env-org-trailing-newline", set_env(FLEET_ORG="fleet\n"), BUILD, 2, "environment", "FLEET_ORG"),
     Case("env-force-tag-newline", set_env(FORCE_IMAGE_TAG="v1\nlatest"), BUILD, 2, "environment", "FORCE_IMAGE_TAG"),
     Case("env-token-newline", set_env(FLEET_REGISTRY_TOKEN="abc\r\nX-Evil: 1"), BUILD, 2, "environment", "FLEET_REGISTRY_TOKEN", "value not shown"),
     Case("service-file-name-newline", write("services/Evil\n.toml", 'family = "family-web"\n'), VALIDATE, 2, "services/Evil\\n.toml", "",
@@ -309,10 +309,10 @@ def snapshot(root: Path) -> dict[str, tuple[int, bytes | str]]:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
     for var in ("FLEET_REGISTRY", "FLEET_ORG", "FORCE_IMAGE_TAG", "FLEET_REGISTRY_TOKEN", "FLEET_PIP_INDEX_URL", "FLEET_STATE_DIR"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("FLEET_STATE_DIR", str(tmp_path_factory.mktemp("state-parent") / "state"))
     yield
     for var in ("FLEET_REGISTRY", "FLEET_ORG", "FORCE_IMAGE_TAG", "FLEET_REGISTRY_TOKEN", "FLEET_STATE_DIR"):
         os.environ.pop(var, None)

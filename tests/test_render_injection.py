@@ -18,8 +18,8 @@ from pathlib import Path
 
 from dockerfile_parse import DockerfileParser
 
-from buildtool.config import load_fleet
-from buildtool.plan import make_plan
+from buildtool.model.load import load_fleet
+from buildtool.plan.plan import make_plan
 from tests.conftest import REPO
 
 # One line, every character class a Dockerfile or a template engine treats specially.

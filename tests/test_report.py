@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from buildtool.registry import Manifest
-from buildtool.report import ImageSize, Layer, cuda_inventory, final_files, largest_packages, markdown
+from buildtool.adapters.registry import Manifest
+from buildtool.report.sizes import ImageSize, Layer, cuda_inventory, final_files, largest_packages
+from buildtool.report.tables import markdown
 
 SP = "opt/venv/lib/python3.11/site-packages"
 

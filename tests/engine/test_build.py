@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 from python_on_whales import docker
 
-from buildtool.__main__ import main
-from buildtool.config import copy_fleet
-from buildtool.docker import HARDENED
-from buildtool.errors import BuildError
-from buildtool.output import adopt
-from buildtool.registry import Registry
+from buildtool.adapters.engine import HARDENED
+from buildtool.adapters.files import copy_fleet
+from buildtool.adapters.registry import Registry
+from buildtool.core.errors import BuildError
+from buildtool.publish.release import rollback
 from tests.conftest import REPO
+from tests.engine.helpers import run_build, settings_for
 
 pytestmark = pytest.mark.engine
 
@@ -41,22 +41,10 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(REPO / "agents" / "reference_agent", root / "agents" / "own_agent")
     svc = root / "services" / f"{SERVICE}.toml"
     svc.write_text(svc.read_text() + 'source = "agents/own_agent"\n')
-    adopt(REPO / "build")  # the repository's build/ is the toolkit's; the state dir below it may be reused
-    state = Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
-    values = {
-        "FLEET_ORG": f"test-{int(time.time())}-{os.getpid()}",
-        "FLEET_STATE_DIR": str(state),
-        "FORCE_IMAGE_TAG": "release-1",
-    }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    code = main(["--root", str(root), "build", SERVICE])
-    yield {"root": root, "org": values["FLEET_ORG"], "state": state, "first_code": code}
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    org = f"test-{int(time.time())}-{os.getpid()}"
+    run_settings = settings_for(root, org)
+    code = run_build(run_settings, SERVICE, tag="release-1")
+    return {"root": root, "org": org, "state": run_settings.state_dir, "settings": run_settings, "first_code": code}
 
 
 def last_run(env) -> dict[str, str]:
@@ -69,9 +57,8 @@ def tags(env, tag: str) -> dict[str, str | None]:
     return {repo: reg.digest(f"{env['org']}/{repo}", tag) for repo in CHAIN}
 
 
-def build(env, *args: str, tag: str) -> int:
-    os.environ["FORCE_IMAGE_TAG"] = tag
-    return main(["--root", str(env["root"]), "build", *args])
+def build(env, *services: str, tag: str) -> int:
+    return run_build(env["settings"], *services, tag=tag)
 
 
 def test_first_build_builds_the_chain_and_publishes(env) -> None:
@@ -155,15 +142,13 @@ def test_a_failing_image_moves_no_tag(env) -> None:
 
 
 def test_rollback_points_latest_at_prev(env) -> None:
-    os.environ.pop("FORCE_IMAGE_TAG", None)
     before = tags(env, "latest")
     prev = tags(env, "prev")
-    assert main(["--root", str(env["root"]), "rollback", SERVICE]) == 0
+    assert rollback(Registry(ADDRESS), env["org"], ["service-registry-mainpc"])
     assert tags(env, "latest")["service-registry-mainpc"] == prev["service-registry-mainpc"]
     assert tags(env, "prev")["service-registry-mainpc"] == before["service-registry-mainpc"]
     # A FORCE_IMAGE_TAG pin re-points latest at that release instead.
-    os.environ["FORCE_IMAGE_TAG"] = "release-2"
-    assert main(["--root", str(env["root"]), "rollback", SERVICE]) == 0
+    assert rollback(Registry(ADDRESS), env["org"], ["service-registry-mainpc"], "release-2")
     assert tags(env, "latest")["service-registry-mainpc"] == tags(env, "release-2")["service-registry-mainpc"]
 
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from buildtool import bootstrap, engine
-from buildtool.errors import EngineError, MissingToolError
+from buildtool.adapters import bootstrap
+from buildtool.adapters import setup as engine
+from buildtool.core.errors import EngineError, MissingToolError
 from tests.conftest import REPO
 
 ADDRESS = "127.0.0.1:5000"
@@ -39,7 +40,7 @@ def _done(argv, stdout: str = "") -> subprocess.CompletedProcess[str]:
 def test_engine_is_up_with_buildx() -> None:
     version = engine.ensure_engine(state_dir=_state())
     assert version
-    assert "buildx" in engine.cmd.run(["docker", "buildx", "version"], timeout=30).stdout
+    assert "buildx" in engine.host.run(["docker", "buildx", "version"], timeout=30).stdout
 
 
 @pytest.mark.engine
@@ -69,7 +70,7 @@ def test_no_engine_off_debian_raises_with_instructions(monkeypatch: pytest.Monke
     def no_docker(argv, **kwargs):
         raise MissingToolError(f"'{argv[0]}' is not installed")
 
-    monkeypatch.setattr(engine.cmd, "run", no_docker)
+    monkeypatch.setattr(engine.host, "run", no_docker)
     monkeypatch.setattr(engine, "is_debian", lambda: False)
     monkeypatch.setattr(engine, "start_detached", lambda *a: pytest.fail("must not start anything"))
     with pytest.raises(EngineError) as info:
@@ -88,7 +89,7 @@ def test_running_engine_is_used_as_is(monkeypatch: pytest.MonkeyPatch, tmp_path:
             return _done(argv, '[["driver-type","io.containerd.snapshotter.v1"]]')
         return _done(argv, "26.1.5\n")
 
-    monkeypatch.setattr(engine.cmd, "run", fake)
+    monkeypatch.setattr(engine.host, "run", fake)
     monkeypatch.setattr(engine, "install_engine", lambda: pytest.fail("must not install"))
     assert engine.ensure_engine(state_dir=tmp_path) == "26.1.5"
     assert all(argv[0] == "docker" for argv in calls)
@@ -99,7 +100,7 @@ def test_only_engine_packages_come_from_trixie(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(engine, "_installed", lambda p: p == "docker-cli")
     monkeypatch.setattr(engine, "can_install", lambda: True)
     monkeypatch.setattr(engine, "_apt_updated", False)
-    monkeypatch.setattr(engine.cmd, "run", lambda argv, **kw: calls.append(list(argv)) or _done(argv))
+    monkeypatch.setattr(engine.host, "run", lambda argv, **kw: calls.append(list(argv)) or _done(argv))
     engine.ensure_host_packages(["docker.io", "docker-buildx", "docker-cli"], apt_target_release="trixie")
     engine.ensure_host_packages(["mmdebstrap"])
     updates = [c for c in calls if "update" in c]
@@ -162,7 +163,7 @@ def test_bootstrap_is_skipped_when_inputs_match(monkeypatch: pytest.MonkeyPatch,
             Path(argv[argv.index("bookworm") + 1]).write_bytes(b"tar")
         return _done(argv, "install ok installed")
 
-    monkeypatch.setattr(engine.cmd, "run", fake)
+    monkeypatch.setattr(engine.host, "run", fake)
     out = tmp_path / "rootfs.tar"
     args = {"suite": "bookworm", "packages": BASE_PACKAGES, "out": out, "source_date_epoch": EPOCH}
     assert bootstrap.bootstrap_rootfs(**args) == out

@@ -11,35 +11,24 @@ exactly once per image. About 25 minutes on 2 cores from a cold cache, 3 minutes
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from buildtool.__main__ import main
-from buildtool.output import adopt
-from buildtool.registry import Registry
+from buildtool.adapters.registry import Registry
 from tests.conftest import REPO
+from tests.engine.helpers import run_build, settings_for
 
 pytestmark = [pytest.mark.engine, pytest.mark.gpu_families]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory):
-    adopt(REPO / "build")  # the repository's build/ is the toolkit's; the state dir below it may be reused
-    state = Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
-    saved = {k: os.environ.get(k) for k in ("FLEET_ORG", "FLEET_STATE_DIR", "FORCE_IMAGE_TAG")}
-    os.environ.update({"FLEET_ORG": f"gpu-test-{int(time.time())}", "FLEET_STATE_DIR": str(state), "FORCE_IMAGE_TAG": "gpu-1"})
-    org = os.environ["FLEET_ORG"]
-    code = main(["--root", str(REPO), "build", "--gpu", "VisionProcessingAgent", "ModelOpsCoordinator"])
-    yield code, state, org
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    org = f"gpu-test-{int(time.time())}"
+    run_settings = settings_for(REPO, org)
+    code = run_build(run_settings, "VisionProcessingAgent", "ModelOpsCoordinator", tag="gpu-1", groups=["gpu"])
+    return code, run_settings.state_dir, org
 
 
 GPU_IMAGES = (

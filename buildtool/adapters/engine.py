@@ -1,0 +1,170 @@
+"""The container engine operations the executor needs, through python-on-whales.
+
+python-on-whales (and the ``docker`` CLI it runs) is imported on first use only: a run that
+builds nothing never loads it. Tests replace this class with a fake of
+:class:`buildtool.adapters.protocols.Engine`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from buildtool.core.errors import BuildError, VerifyError
+
+if TYPE_CHECKING:
+    from python_on_whales import DockerClient
+    from python_on_whales.exceptions import DockerException
+
+# Every container the toolkit starts is sealed off: no network, read-only root, no privileges.
+HARDENED = {
+    "networks": ["none"],
+    "read_only": True,
+    "tmpfs": ["/tmp"],
+    "cap_drop": ["ALL"],
+    "security_options": ["no-new-privileges"],
+}
+
+
+CHECK_DRIVER = """
+import json, subprocess, sys
+failures = []
+for name, argv in json.loads(sys.argv[1]):
+    try:
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if p.returncode != 0:
+            failures.append([name, f"exit {p.returncode}: " + (p.stdout + p.stderr)[-2000:]])
+    except Exception as exc:
+        failures.append([name, repr(exc)])
+print(json.dumps(failures))
+sys.exit(1 if failures else 0)
+"""
+
+
+def _docker_exception() -> type[DockerException]:
+    from python_on_whales.exceptions import DockerException
+
+    return DockerException
+
+
+def _tail(exc: DockerException, lines: int = 30) -> str:
+    text = (exc.stderr or "") + (exc.stdout or "")
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+class Docker:
+    def __init__(self) -> None:
+        self._gpus: bool | None = None
+
+    @cached_property
+    def client(self) -> DockerClient:
+        from python_on_whales import DockerClient
+
+        return DockerClient()
+
+    def build(
+        self,
+        *,
+        context: Path,
+        tag: str,
+        build_args: Mapping[str, str],
+        secrets: Sequence[str],
+        cache_ref: str,
+        labels: Mapping[str, str],
+        log: Path,
+    ) -> None:
+        """Build into the engine's image store (not pushed: images are pushed after verification)."""
+        try:
+            stream = self.client.buildx.build(
+                context,
+                file=context / "Dockerfile",
+                tags=[tag],
+                build_args=dict(build_args),
+                secrets=list(secrets),
+                network="host",
+                cache_from=f"type=registry,ref={cache_ref}",
+                cache_to=f"type=registry,ref={cache_ref},mode=max,ignore-error=true",
+                labels=dict(labels),
+                load=True,
+                provenance=False,
+                progress="plain",
+                stream_logs=True,
+            )
+            with log.open("w", encoding="utf-8", buffering=1) as fh:
+                for line in stream:
+                    fh.write(line)
+        except _docker_exception() as exc:
+            raise BuildError(f"build of {tag} failed (log: {log}):\n{_tail(exc) or log.read_text()[-3000:]}") from exc
+
+    def push(self, ref: str) -> None:
+        try:
+            self.client.image.push(ref, quiet=True)
+        except _docker_exception() as exc:
+            raise BuildError(f"push of {ref} failed:\n{_tail(exc)}") from exc
+
+    def pull(self, ref: str) -> None:
+        self.client.image.pull(ref, quiet=True)
+
+    def image_user(self, ref: str) -> str:
+        return self.client.image.inspect(ref).config.user or ""
+
+    def has_image(self, ref: str) -> bool:
+        return self.client.image.exists(ref)
+
+    def gpus_available(self, ref: str) -> bool:
+        """Whether this engine can give a container the GPUs (`--gpus all`); asked once per run."""
+        if self._gpus is None:
+            # create + start rather than run: run passes the engine's refusal through to the terminal.
+            container = None
+            try:
+                container = self.client.container.create(ref, ["true"], gpus="all", **HARDENED)
+                self.client.container.start(container)
+                self._gpus = True
+            except _docker_exception():
+                self._gpus = False
+            finally:
+                if container is not None:
+                    self.client.container.remove(container, force=True)
+        return self._gpus
+
+    def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]], *, gpus: bool = False) -> list[tuple[str, str]]:
+        """Run every (name, argv) check in one throwaway hardened container; return the failures.
+
+        One container start for all checks instead of one each: the driver runs them in order
+        and reports each failure with its output as JSON on its last line.
+        """
+        if not checks:
+            return []
+        payload = json.dumps([[name, list(argv)] for name, argv in checks])
+        try:
+            out = self.client.run(ref, ["python", "-c", CHECK_DRIVER, payload], remove=True, gpus="all" if gpus else None, **HARDENED)
+        except _docker_exception() as exc:
+            lines = (exc.stdout or "").strip().splitlines()
+            try:
+                return [tuple(f) for f in json.loads(lines[-1])]
+            except (IndexError, ValueError):
+                return [("smoke-check driver", _tail(exc))]
+        return [] if str(out).strip().endswith("[]") else [("smoke-check driver", str(out)[-2000:])]
+
+    def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None:
+        """Start the image as a hardened container and wait for its own HEALTHCHECK to say healthy."""
+        container = self.client.run(ref, detach=True, name=name, **HARDENED)
+        try:
+            deadline = time.monotonic() + timeout
+            status = "starting"
+            while time.monotonic() < deadline:
+                state = self.client.container.inspect(container).state
+                status = state.health.status if state.health else "no healthcheck"
+                if status == "healthy":
+                    return
+                if not state.running or status in ("unhealthy", "no healthcheck"):
+                    break
+                time.sleep(1)
+            logs = self.client.container.logs(container, tail=30)
+            raise VerifyError(f"{ref} did not become healthy (status: {status}); container logs:\n{logs}")
+        finally:
+            self.client.container.remove(container, force=True)

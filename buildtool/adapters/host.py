@@ -1,0 +1,75 @@
+"""The one module that runs external programs (python-on-whales runs ``docker`` itself, behind
+:mod:`buildtool.adapters.engine`).
+
+Every call logs its argv, checks the program exists, and raises :class:`CommandError` with the
+return code and stderr on failure. Long-running daemons (the engine, the registry) are started
+with :func:`start_detached`. Unit tests replace :func:`run` and assert argv.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from buildtool.core.errors import CommandError, MissingToolError
+
+log = logging.getLogger("buildtool.host")
+
+Runner = Callable[..., "subprocess.CompletedProcess[str]"]  # run's signature, for injection
+Daemon = subprocess.Popen[bytes]
+# Daemons started by this process. They outlive it on purpose; holding the handles keeps Popen
+# from warning that they still run when the handle is collected.
+_daemons: list[Daemon] = []
+
+
+def which(program: str) -> str | None:
+    return shutil.which(program)
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    cwd: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    capture: bool = True,
+    check: bool = True,
+    timeout: float | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv``; return the completed process (stdout/stderr captured as text unless ``capture=False``)."""
+    args = [os.fspath(a) for a in argv]
+    if shutil.which(args[0]) is None:
+        raise MissingToolError(f"'{args[0]}' is not installed or not on PATH (needed for: {' '.join(args)})")
+    log.debug("$ %s", " ".join(args))
+    full_env = None if env is None else {**os.environ, **env}
+    try:
+        proc = subprocess.run(
+            args,
+            cwd=cwd,
+            env=full_env,
+            input=input,
+            text=True,
+            stdout=subprocess.PIPE if capture else None,
+            stderr=subprocess.PIPE if capture else None,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(args, -1, f"timed out after {timeout}s") from exc
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, proc.stderr or "")
+    return proc
+
+
+def start_detached(argv: list[str], logfile: Path) -> Daemon:
+    """Start a long-running daemon in its own session, logging to ``logfile``. It outlives us."""
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    log.info("starting %s (log: %s)", " ".join(argv), logfile)
+    with logfile.open("ab") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    _daemons.append(proc)
+    return proc

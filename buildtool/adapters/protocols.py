@@ -1,0 +1,56 @@
+"""What the layers above need from the engine and the registry, as typed interfaces.
+
+The executor, the publisher and the reports depend on these Protocols, not on the adapter
+classes; the adapters (:mod:`.engine`, :mod:`.registry`) implement them, and so do the test
+fakes (tests/fakes.py, checked against these by tests/test_architecture.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from buildtool.adapters.registry import Manifest
+
+
+class Engine(Protocol):
+    def build(
+        self,
+        *,
+        context: Path,
+        tag: str,
+        build_args: Mapping[str, str],
+        secrets: Sequence[str],
+        cache_ref: str,
+        labels: Mapping[str, str],
+        log: Path,
+    ) -> None: ...
+
+    def push(self, ref: str) -> None: ...
+
+    def image_user(self, ref: str) -> str: ...
+
+    def gpus_available(self, ref: str) -> bool: ...
+
+    def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]], *, gpus: bool = False) -> list[tuple[str, str]]: ...
+
+    def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None: ...
+
+
+class Registry(Protocol):
+    def digest(self, repo: str, ref: str) -> str | None: ...
+
+    def manifest(self, repo: str, ref: str) -> Manifest | None: ...
+
+    def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> None: ...
+
+    def image_manifest(self, repo: str, ref: str, platform: str = "linux/amd64") -> Manifest | None: ...
+
+    def layer_sizes(self, repo: str, ref: str) -> list[int]: ...
+
+    def config(self, repo: str, ref: str) -> dict: ...
+
+    def uncompressed_size(self, repo: str, digest: str) -> int: ...
+
+    def layer_files(self, repo: str, digest: str) -> list[tuple[str, int]]: ...

@@ -1,0 +1,200 @@
+"""The commands: each reads the fleet, calls the library, and prints. Nothing else prints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+from rich.table import Table
+
+from buildtool import pipeline, settings
+from buildtool.cli.console import console, step_summary
+from buildtool.core.errors import LockError, UsageError
+from buildtool.locking import lock as locking
+from buildtool.model.load import load_fleet
+from buildtool.model.types import Fleet
+from buildtool.plan.plan import Plan, make_plan
+
+
+def fleet_of(args: argparse.Namespace) -> Fleet:
+    return load_fleet(Path(args.root))
+
+
+def settings_of(args: argparse.Namespace, fleet: Fleet) -> settings.Settings:
+    """The run's settings: flags over the process environment over fleet.toml over the defaults."""
+    return settings.from_sources(fleet, os.environ, registry=args.registry, org=args.org, jobs=getattr(args, "jobs", None))
+
+
+def plan_of(fleet: Fleet, args: argparse.Namespace, *, default_group: str | None = None) -> Plan:
+    groups = args.group or ([default_group] if default_group and not (args.family or args.services or args.all) else [])
+    return make_plan(fleet, machines=args.machine, families=args.family, groups=groups, services=args.services, all_services=args.all)
+
+
+def out_dir(args: argparse.Namespace, fleet: Fleet, default: str, what: str) -> Path:
+    """``--out`` (default: build/DEFAULT), made the toolkit's folder and emptied; the repository's
+    build/ is the toolkit's own."""
+    from buildtool.adapters.files import adopt, owned_dir
+
+    adopt(fleet.root / "build")
+    return owned_dir(Path(args.out or fleet.root / "build" / default), repo=fleet.root, what=what, clear=True)
+
+
+def validate(args: argparse.Namespace) -> int:
+    fleet = fleet_of(args)
+    console.print(f"fleet is valid: {len(fleet.families)} families, {len(fleet.machines)} machines, {len(fleet.services)} services")
+    return 0
+
+
+def render(args: argparse.Namespace) -> int:
+    """Write every planned build context (Dockerfile, .dockerignore, generated files) under --out."""
+    from buildtool.adapters.files import write_context
+
+    fleet = fleet_of(args)
+    plan = make_plan(fleet, all_families=True, all_services=True)
+    out = out_dir(args, fleet, "rendered", "render --out")
+    for step in plan.steps:
+        write_context(out / step.kind / step.repository, step.rendered.context_files())
+    console.print(f"rendered {len(plan.steps)} build contexts under {out}")
+    return 0
+
+
+def lock(args: argparse.Namespace) -> int:
+    fleet = fleet_of(args)
+    ca = settings_of(args, fleet).ca_bundle
+    if args.check:
+        problems = locking.check(fleet, ca_bundle=ca)
+        if problems:
+            raise LockError("locks do not match their inputs:\n" + "\n".join(f"  - {p}" for p in problems))
+        console.print(f"all {len(locking.targets(fleet))} locks match their inputs and a fresh resolution of them")
+        return 0
+    total = time.monotonic()
+    outcomes = locking.lock(fleet, args.names, engine=args.engine, upgrade=args.upgrade, upgrade_packages=args.upgrade_package, ca_bundle=ca)
+    for o in outcomes:
+        state = "locked" if o.changed else "resolved, unchanged" if o.resolved else "up to date"
+        took = f"{o.seconds:6.1f}s" if o.resolved else " " * 7
+        console.print(f"{state:<20} {o.target.name:<28} {o.pins:>4} pins {took}  {o.target.path}")
+    changed = sum(o.changed for o in outcomes)
+    console.print(f"{changed} of {len(outcomes)} locks changed in {time.monotonic() - total:.2f}s ({args.engine})")
+    return 0
+
+
+def plan(args: argparse.Namespace) -> int:
+    the_plan = plan_of(fleet_of(args), args)
+    if args.json:
+        print(json.dumps(the_plan.as_json(), indent=2))
+        return 0
+    table = Table(title=f"build plan ({len(the_plan.steps)} images, machines: {', '.join(the_plan.machines)})")
+    for col in ("#", "image", "machine", "builds on", "identity"):
+        table.add_column(col)
+    for i, step in enumerate(the_plan.steps, 1):
+        parent = the_plan.step(step.parent).repository if step.parent else (step.root.source if step.root else "")
+        table.add_row(str(i), step.repository, step.machine or "any", parent, step.identity[:16])
+    console.print(table)
+    return 0
+
+
+def build(args: argparse.Namespace) -> int:
+    """Build, verify and push the selected images; publish release tags when every one succeeded."""
+    from buildtool.cli.progress import Progress
+
+    fleet = fleet_of(args)
+    the_plan = plan_of(fleet, args, default_group="cpu" if args.families_only else None)
+    run_settings = settings_of(args, fleet)
+    rows = ((s.key, s.repository + (f" ({s.machine})" if s.machine else "")) for s in the_plan.steps)
+    with Progress(rows) as progress:
+        run = pipeline.build(run_settings, fleet, the_plan, progress=progress)
+    built = run.count("built")
+    console.print(f"{len(run.results)} images in {run.seconds:.1f}s: {built} built, {run.count('cached')} unchanged (identity already in the registry)")
+    if built == 0:
+        console.print("nothing changed: nothing was built")
+    console.print(f"published {run.tag}: {len(run.moves)} tag(s) written")
+    show_sizes(run.sizes)
+    return 0
+
+
+def show_sizes(measured: list) -> None:
+    from buildtool.report import tables
+
+    console.print(tables.table(measured))
+    console.print(tables.largest_layers(measured), markup=False)
+    for s in measured:
+        for name, paths in s.cuda_duplicates.items():
+            console.print(f"[red]{s.repository}: {name} is present {len(paths)} times:[/] {', '.join(paths)}")
+    step_summary("## Image sizes\n\n" + tables.markdown(measured))
+
+
+def bake(args: argparse.Namespace) -> int:
+    """Write the plan as docker-bake.json (with materialised contexts) for `docker buildx bake`."""
+    from buildtool import bake as baking
+    from buildtool.adapters.bootstrap import bootstrap_rootfs
+    from buildtool.execute.executor import rootfs
+
+    fleet = fleet_of(args)
+    the_plan = plan_of(fleet, args, default_group="cpu")
+    run_settings = settings_of(args, fleet)
+    out = out_dir(args, fleet, "bake", "bake --out")
+    pipeline.prepare_state(run_settings)
+    path = baking.write(the_plan, run_settings, out, bootstrap=lambda step: rootfs(step, run_settings, bootstrap_rootfs))
+    console.print(f"wrote {path} ({len(the_plan.steps)} targets); build with: docker buildx bake -f {path}")
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from buildtool import bench as benching
+
+    fleet = fleet_of(args)
+    run_settings = settings_of(args, fleet)
+    rows = benching.run_bench(run_settings, lock_all=args.lock_all)
+    table = Table(title="bench (same run, same machine)")
+    for col in ("measurement", "toolkit s", "baseline", "baseline s", "speed-up"):
+        table.add_column(col, justify="right" if col.endswith("s") or col == "speed-up" else "left")
+    for name, ours, kind, base in rows:
+        table.add_row(name, f"{ours:.2f}", kind, f"{base:.2f}", f"{base / ours:.1f}x" if ours else "-")
+    console.print(table)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    from buildtool.report import sizes, tables
+
+    state = settings_of(args, fleet_of(args)).state_dir
+    try:
+        measured = sizes.load(state)
+    except FileNotFoundError:
+        raise UsageError(f"no size report yet in {state / 'reports'}; run `nox -s build_families` first") from None
+    if args.format == "json":
+        print((state / "reports" / "sizes.json").read_text())
+    elif args.format == "markdown":
+        print(tables.markdown(measured))
+    else:
+        show_sizes(measured)
+    return 0
+
+
+def rollback(args: argparse.Namespace) -> int:
+    from buildtool.adapters.registry import Registry
+    from buildtool.publish.release import rollback as roll_back
+
+    fleet = fleet_of(args)
+    the_plan = plan_of(fleet, args)
+    run_settings = settings_of(args, fleet)
+    registry = Registry(run_settings.registry, token=run_settings.registry_token)
+    repos = [s.repository for s in the_plan.steps if s.kind == "service"] if args.services or args.all else [s.repository for s in the_plan.steps]
+    for move in roll_back(registry, run_settings.org, repos, run_settings.force_image_tag):
+        console.print(f"{move.repository}:{move.tag} -> {move.digest}")
+    return 0
+
+
+def matrix(args: argparse.Namespace) -> int:
+    """The GitHub Actions matrix: one entry per family group x machine that has something to build."""
+    fleet = fleet_of(args)
+    include = []
+    for group in sorted({f.group for f in fleet.families.values()}):
+        for machine in fleet.machines:
+            the_plan = make_plan(fleet, machines=[machine], groups=[group])
+            include.append({"group": group, "machine": machine, "images": len(the_plan.steps)})
+    print(json.dumps({"include": include}))
+    return 0

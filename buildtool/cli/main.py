@@ -1,0 +1,121 @@
+"""The command line: arguments in, one command run, errors printed as one clear message.
+
+Each error class has its own exit code (:mod:`buildtool.core.errors`); a traceback is shown only
+with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import NoReturn
+
+from buildtool.cli import commands
+from buildtool.cli.console import error
+from buildtool.core.errors import ConfigError, ToolError, UsageError
+from buildtool.locking.resolver import ENGINES
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments exit with UsageError's code (argparse's own 2 is ConfigError's)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        raise UsageError(message)
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
+    # --registry/--org are also accepted after the command (nox passes its arguments there);
+    # SUPPRESS keeps a value given before the command.
+    p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--org", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("services", nargs="*", help="services to build (with the families they need)")
+    p.add_argument("--machine", action="append", default=[], help="only this machine (repeatable)")
+    p.add_argument("--family", action="append", default=[], help="only this family and its ancestors (repeatable)")
+    p.add_argument("--group", action="append", default=[], help="families of this group: cpu, gpu, legacy (repeatable)")
+    p.add_argument("--gpu", dest="group", action="append_const", const="gpu", help="same as --group gpu")
+    p.add_argument("--all", action="store_true", help="every service")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="buildtool", description="Build the fleet's container images.")
+    parser.add_argument("--root", default=REPO, help="repository root holding fleet.toml (default: this checkout)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--registry", help="registry host[:port] (default: FLEET_REGISTRY, then fleet.toml)")
+    parser.add_argument("--org", help="organisation below the registry (default: FLEET_ORG, then fleet.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("validate", help="check the fleet definition").set_defaults(func=commands.validate)
+
+    p = sub.add_parser("render", help="write all build contexts")
+    p.add_argument("--out", help="a new, empty or toolkit-marked folder (default: build/rendered)")
+    p.set_defaults(func=commands.render)
+
+    p = sub.add_parser("lock", help="hash-lock family and service requirements (stable: unchanged inputs keep their pins)")
+    p.add_argument("names", nargs="*", help="families or services to resolve again (default: those whose inputs changed)")
+    p.add_argument("--check", action="store_true", help="fail unless every lock matches its inputs and a fresh resolution of them")
+    p.add_argument("--engine", choices=ENGINES, default="uv")
+    p.add_argument("--upgrade", action="store_true", help="resolve every lock from scratch: move every pin to the newest that fits")
+    p.add_argument("--upgrade-package", action="append", default=[], metavar="NAME", help="move this package's pin (repeatable)")
+    p.set_defaults(func=commands.lock)
+
+    p = sub.add_parser("build", help="build, verify, push and publish images")
+    _selection(p)
+    p.add_argument("--families-only", action="store_true", help="families only (default group: cpu)")
+    p.add_argument("--jobs", type=int, help="images built at once (default: 2)")
+    p.set_defaults(func=commands.build)
+
+    p = sub.add_parser("bake", help="write the plan as a docker-bake.json")
+    _selection(p)
+    p.add_argument("--out", help="a new, empty or toolkit-marked folder (default: build/bake)")
+    p.set_defaults(func=commands.bake)
+
+    p = sub.add_parser("bench", help="measure no-op and one-change rebuilds and locking against baselines")
+    p.add_argument("--lock-all", action="store_true", help="lock the GPU families too (pip-compile takes minutes each)")
+    p.set_defaults(func=commands.bench)
+
+    p = sub.add_parser("report", help="print the last size report")
+    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.set_defaults(func=commands.report)
+
+    p = sub.add_parser("rollback", help="point 'latest' back at 'prev' (or at FORCE_IMAGE_TAG)")
+    _selection(p)
+    p.set_defaults(func=commands.rollback)
+
+    sub.add_parser("matrix", help="print the CI matrix (family group x machine) as JSON").set_defaults(func=commands.matrix)
+
+    p = sub.add_parser("plan", help="print the build plan")
+    _selection(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=commands.plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(name)s: %(message)s")
+        return args.func(args)
+    except ToolError as exc:
+        if debug:
+            raise
+        error(exc.message, file=exc.problems[0].file if isinstance(exc, ConfigError) else None)
+        return exc.exit_code
+    except BrokenPipeError:
+        # The reader went away (`plan --json | head`): stop writing, quietly, as a SIGPIPE would.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except KeyboardInterrupt:
+        error("interrupted")
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        error(f"internal error: {type(exc).__name__}: {exc}\nThis is a bug in buildtool; rerun with --debug for the traceback.")
+        return 70

@@ -1,0 +1,213 @@
+"""The executor: build, verify and push each planned image under its identity tag.
+
+Steps run as soon as their parent is done, up to ``jobs`` at a time. An image whose identity
+tag is already in the registry is skipped: it was built and verified before (an identity tag is
+pushed only after its image passed verification). Release tags are the publisher's
+(:mod:`buildtool.publish.release`), and move only when every step of the run succeeded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from buildtool.adapters.files import write_context
+from buildtool.adapters.protocols import Engine, Registry
+from buildtool.core.errors import BuildError, CommandError, ToolError, VerifyError
+from buildtool.core.hashing import sha256_json
+from buildtool.plan.plan import Plan, Step
+from buildtool.settings import Settings
+
+APP_USER = "10001:10001"
+log = logging.getLogger("buildtool.execute")
+
+
+class Progress(Protocol):
+    """Where the executor reports each step's status (the command line shows it)."""
+
+    def update(self, key: str, status: str, detail: str = "") -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    key: str
+    repository: str
+    status: str  # built | cached | failed | blocked
+    digest: str = ""
+    seconds: float = 0.0
+    message: str = ""
+
+
+Bootstrapper = Callable[..., Path]
+
+
+class Executor:
+    def __init__(
+        self,
+        plan: Plan,
+        *,
+        settings: Settings,
+        engine: Engine,
+        registry: Registry,
+        progress: Progress,
+        bootstrap: Bootstrapper | None = None,
+        revision: str = "",
+    ) -> None:
+        self.plan = plan
+        self.revision = revision  # org.opencontainers.image.revision of what is built
+        self.settings = settings
+        self.engine = engine
+        self.registry = registry
+        self.progress = progress
+        self.bootstrap = bootstrap
+        self.results: dict[str, Result] = {}
+
+    # -- scheduling -------------------------------------------------------------------------
+
+    def run(self) -> list[Result]:
+        pending = list(self.plan.steps)
+        running: dict[Future[Result], Step] = {}
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
+            while pending or running:
+                for step in list(pending):
+                    parent = self.results.get(step.parent) if step.parent else None
+                    if step.parent and parent is None:
+                        continue
+                    pending.remove(step)
+                    if parent is not None and parent.status in ("failed", "blocked"):
+                        self._finish(Result(key=step.key, repository=step.repository, status="blocked", message=f"{parent.repository} failed"))
+                        continue
+                    running[pool.submit(self._guarded, step, parent)] = step
+                if not running:
+                    if pending:  # cannot happen with a plan from make_plan (parents come first)
+                        raise BuildError(f"steps wait for parents outside the plan: {', '.join(s.key for s in pending)}")
+                    continue
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    running.pop(future)
+                    self._finish(future.result())
+        return [self.results[s.key] for s in self.plan.steps]
+
+    def _finish(self, result: Result) -> None:
+        self.results[result.key] = result
+        self.progress.update(result.key, result.status, result.message.splitlines()[0] if result.message else "")
+
+    def _guarded(self, step: Step, parent: Result | None) -> Result:
+        start = time.monotonic()
+        try:
+            status, digest = self._step(step, parent)
+            return Result(key=step.key, repository=step.repository, status=status, digest=digest, seconds=time.monotonic() - start)
+        except ToolError as exc:
+            message = exc.message
+        except Exception as exc:
+            log.debug("step %s failed", step.key, exc_info=True)
+            message = f"{type(exc).__name__}: {exc}"
+        return Result(key=step.key, repository=step.repository, status="failed", seconds=time.monotonic() - start, message=message)
+
+    # -- one image --------------------------------------------------------------------------
+
+    def _step(self, step: Step, parent: Result | None) -> tuple[str, str]:
+        s = self.settings
+        repo = s.ref(step.repository).path
+        self.progress.update(step.key, "checking")
+        digest = self.registry.digest(repo, step.id_tag)
+        if digest:
+            return "cached", digest
+
+        self.progress.update(step.key, "building")
+        context = self._context(step)
+        args = {"SOURCE_DATE_EPOCH": str(s.source_date_epoch)}
+        if parent is not None:
+            parent_step = self.plan.step(step.parent)
+            arg = "FAMILY_IMAGE" if step.kind == "service" else "PARENT_IMAGE"
+            args[arg] = str(s.ref(parent_step.repository, digest=parent.digest))
+        labels = {"fleet.identity": step.identity}
+        if self.revision:
+            labels["org.opencontainers.image.revision"] = self.revision
+        ref = str(s.ref(step.repository, step.id_tag))
+        logfile = s.state_dir / "logs" / f"{step.repository}.log"
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.engine.build(
+                context=context,
+                tag=ref,
+                build_args=args,
+                secrets=s.secrets(),
+                cache_ref=str(s.cache_ref(step.repository)),
+                labels=labels,
+                log=logfile,
+            )
+        except BuildError as exc:
+            if step.root is not None and step.root.source == "image" and step.root.image in exc.message:
+                raise BuildError(
+                    f"{exc.message}\n{step.name}: its root image {step.root.image!r} could not be pulled. Point [root] image in "
+                    f"families/{step.name}.toml at a registry that serves it (e.g. a mirror in {s.registry}); "
+                    "the toolkit does not substitute another Python."
+                ) from exc
+            raise
+        self.progress.update(step.key, "verifying")
+        self.verify(step, ref)
+        self.progress.update(step.key, "pushing")
+        self.engine.push(ref)
+        digest = self.registry.digest(repo, step.id_tag)
+        if not digest:
+            raise BuildError(f"{ref} was pushed but the registry does not show it")
+        return "built", digest
+
+    def _context(self, step: Step) -> Path:
+        tar = None
+        if step.root is not None and step.root.source == "bootstrap":
+            if self.bootstrap is None:
+                raise BuildError(f"{step.name} needs a bootstrapped root filesystem, but no bootstrapper is configured")
+            tar = rootfs(step, self.settings, self.bootstrap)
+        return write_context(self.settings.state_dir / "contexts" / step.repository, step.rendered.context_files(), rootfs=tar)
+
+    def verify(self, step: Step, ref: str) -> None:
+        """Checks before anything is pushed: non-root user, smoke checks of the whole lineage, health."""
+        user = self.engine.image_user(ref)
+        if user != APP_USER:
+            raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
+        failures = self.engine.run_checks(ref, [(c.name, c.run) for c in step.smoke if not c.gpu])
+        gpu_checks = [(c.name, c.run) for c in step.smoke if c.gpu]
+        if gpu_checks and self.engine.gpus_available(ref):
+            failures += self.engine.run_checks(ref, gpu_checks, gpus=True)
+        elif gpu_checks:
+            log.info("%s: no GPU on this engine, skipped: %s", step.repository, ", ".join(name for name, _ in gpu_checks))
+        if failures:
+            details = "\n".join(f"  smoke check {name!r} failed: {output}" for name, output in failures)
+            raise VerifyError(f"{step.repository}: {len(failures)} of {len(step.smoke)} smoke checks failed:\n{details}")
+        if step.kind == "service":
+            self.engine.wait_healthy(ref, name=f"fleet-verify-{step.repository}-{os.getpid()}", timeout=self.settings.health_timeout)
+
+
+def rootfs(step: Step, settings: Settings, bootstrap: Bootstrapper) -> Path:
+    """The bootstrapped root filesystem of a root family, cached under the state dir by its inputs."""
+    assert step.root is not None
+    spec = sha256_json([step.root.suite, list(step.root.packages), settings.source_date_epoch])[:16]
+    tar = settings.state_dir / "rootfs" / f"{step.root.suite}-{spec}.tar"
+    tar.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return bootstrap(suite=step.root.suite, packages=list(step.root.packages), out=tar, source_date_epoch=settings.source_date_epoch)
+    except CommandError as exc:
+        apt = [line for line in exc.stderr.splitlines() if line.startswith("E:")][-3:] or exc.stderr.strip().splitlines()[-3:]
+        raise BuildError(
+            f"families/{step.name}.toml: root: bootstrapping {step.root.suite} with {', '.join(step.root.packages)} failed; "
+            f"check that root.suite is reachable and each of root.packages exists in it:\n" + "\n".join(apt)
+        ) from exc
+
+
+def summarize(results: list[Result]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return counts
+
+
+def results_json(results: list[Result]) -> list[dict[str, object]]:
+    return [asdict(r) for r in results]

@@ -1,0 +1,181 @@
+"""The fleet as frozen data. Built once by :mod:`buildtool.model.load` (or in memory, by tests);
+everything else reads these, never the files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildtool.core.errors import LockError
+from buildtool.core.names import image_slug
+from buildtool.model.locks import Lock
+from buildtool.model.sources import SourceTree
+
+Pairs = tuple[tuple[str, str], ...]
+# Ubuntu suites a root can be bootstrapped from (every other suite is Debian's).
+UBUNTU_SUITES = frozenset({"focal", "jammy", "noble"})
+# Profile entries the toolkit derives from a machine file; a profile table cannot set them.
+GENERATED_PROFILE_KEYS = ("MACHINE", "GPU_MODEL", "GPU_VRAM_GB", "CUDA_ARCH", "TORCH_CUDA_ARCH_LIST", "CMAKE_CUDA_ARCHITECTURES")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SmokeCheck:
+    """A command run inside the image (``docker run --network=none``) that must exit 0."""
+
+    name: str
+    run: tuple[str, ...]
+    gpu: bool = False  # needs a GPU: runs with --gpus all where the engine has one, else is skipped
+
+
+@dataclass(frozen=True, kw_only=True)
+class Root:
+    """Where a root family's filesystem comes from."""
+
+    source: str  # "bootstrap" (mmdebstrap from the Debian archive) or "image" (upstream image reference)
+    image: str = ""  # used when source == "image"
+    suite: str = ""  # used when source == "bootstrap"
+    packages: tuple[str, ...] = ()  # Debian packages of the bootstrapped root filesystem
+
+
+@dataclass(frozen=True, kw_only=True)
+class Builder:
+    """Build-only tools of a family that compiles packages from source.
+
+    They live in the builder stage and never reach the image: Debian packages, hash-locked Python
+    build requirements (locked without their dependencies, in ``lockfiles/FAMILY.build.txt``), a
+    setup script run after they are installed, and the environment of the compile step.
+    """
+
+    os_packages: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+    setup: str = ""  # script path relative to the repository root
+    env: Pairs = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Family:
+    name: str
+    file: str
+    description: str
+    parent: str | None
+    root: Root | None
+    python: str
+    gpu: bool
+    cuda: str
+    machine_specific: bool  # built once per machine (compiled code, baked profile)
+    os_packages: tuple[str, ...]
+    requirements: tuple[str, ...]
+    env: Pairs
+    smoke: tuple[SmokeCheck, ...]
+    budget_mb: int
+    vram_gb: int
+    group: str  # selection group for build_families: "cpu", "gpu", "legacy", ...
+    builder: Builder | None = None
+
+    @property
+    def has_python_deps(self) -> bool:
+        return bool(self.requirements)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Machine:
+    name: str
+    file: str
+    description: str
+    gpu: str  # GPU model, "" when the machine has none
+    vram_gb: int
+    cuda_arch: str  # e.g. "8.9"
+    profile: Pairs  # baked into /etc/machine-profile.json and the image environment
+
+    @property
+    def has_gpu(self) -> bool:
+        return bool(self.gpu)
+
+    def generated_profile(self) -> dict[str, str]:
+        """The profile entries the toolkit derives from the machine file (a machine without a GPU has no CUDA ones)."""
+        if not self.has_gpu:
+            return {"MACHINE": self.name}
+        return {
+            "MACHINE": self.name,
+            "GPU_MODEL": self.gpu,
+            "GPU_VRAM_GB": str(self.vram_gb),
+            "CUDA_ARCH": self.cuda_arch,
+            "TORCH_CUDA_ARCH_LIST": self.cuda_arch,
+            "CMAKE_CUDA_ARCHITECTURES": self.cuda_arch.replace(".", ""),
+        }
+
+    def profile_dict(self) -> dict[str, str]:
+        return {**self.generated_profile(), **dict(self.profile)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service:
+    name: str
+    file: str
+    family: str
+    machines: tuple[str, ...]
+    port: int
+    health_port: int
+    needs: str
+    vram_gb: int
+    source: str  # build context of the app code, relative to the repository root
+    entrypoint: tuple[str, ...]
+    requirements: tuple[str, ...]
+    env: Pairs
+
+    @property
+    def slug(self) -> str:
+        return image_slug(self.name)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """fleet.toml's [settings]: the fleet's own defaults (a run's settings may override registry and org)."""
+
+    registry: str
+    org: str
+    suite_python: Pairs  # Debian suite -> Python version it ships
+    ignore: tuple[str, ...]  # patterns excluded from every build context
+    source_date_epoch: int  # timestamps inside images, for reproducible builds
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fleet:
+    root: Path
+    settings: Settings
+    machines: dict[str, Machine] = field(default_factory=dict)
+    families: dict[str, Family] = field(default_factory=dict)  # parents before children
+    services: dict[str, Service] = field(default_factory=dict)  # sorted by name
+    sources: dict[str, SourceTree] = field(default_factory=dict)  # service source folders, read once
+    scripts: dict[str, bytes] = field(default_factory=dict)  # builder setup scripts by path, read once
+    locks: dict[str, Lock] = field(default_factory=dict)  # lock files by path (lockfiles/...), read once
+    lock_faults: dict[str, str] = field(default_factory=dict)  # lock files that exist but cannot be read: path -> why
+
+    def lineage(self, family: str) -> list[Family]:
+        """The family and its ancestors, root first."""
+        chain: list[Family] = []
+        name: str | None = family
+        while name is not None:
+            fam = self.families[name]
+            chain.append(fam)
+            name = fam.parent
+        return chain[::-1]
+
+    def children(self, family: str) -> list[Family]:
+        return [f for f in self.families.values() if f.parent == family]
+
+    def lock(self, path: str) -> Lock:
+        """The lock file at ``path`` (``lockfiles/...``); LockError when it is missing or unreadable."""
+        if path in self.locks:
+            return self.locks[path]
+        if path in self.lock_faults:
+            raise LockError(self.lock_faults[path])
+        raise LockError(f"{path} is missing; run `nox -s lock`")
+
+    def lock_owner(self, family: str) -> Family | None:
+        """The nearest family on ``family``'s lineage (itself included) that has requirements: the
+        lock its children and services are compiled against."""
+        return next((f for f in reversed(self.lineage(family)) if f.requirements), None)
+
+    def has_os_package(self, family: str, package: str) -> bool:
+        return any(package in f.os_packages or package in (f.root.packages if f.root else ()) for f in self.lineage(family))

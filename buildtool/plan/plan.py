@@ -1,0 +1,225 @@
+"""The build plan: a pure function from the fleet to ordered steps with content identities.
+
+A step's identity hashes everything its image is made of: the rendered Dockerfile and context
+files (its requirements files from the locks, its machine profile where it is baked, its app
+sources), its root source, its smoke checks, and its parent's identity. Changing one lock
+therefore changes exactly that family and its descendants. The fleet is read already (files,
+locks, sources in memory): planning reads nothing. Dry runs, the bake file, the CI workflow
+and the executor all read this plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from buildtool.core.errors import UsageError
+from buildtool.core.hashing import sha256_json
+from buildtool.core.names import did_you_mean
+from buildtool.model.types import Family, Fleet, Root, Service, SmokeCheck
+from buildtool.render.dockerfile import Rendered, render_family, render_service
+
+# Bump when the meaning of an identity changes (template semantics not visible in the text).
+# 2: locks count through the requirements files of the context only (a lock's comments rebuild nothing).
+IDENTITY_VERSION = "2"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Step:
+    key: str  # "family:NAME", "family:NAME@MACHINE" or "service:NAME@MACHINE"
+    kind: str  # "family" or "service"
+    name: str
+    machine: str | None  # None: one image serves every machine
+    repository: str  # image name below REGISTRY/ORG/
+    identity: str
+    parent: str | None  # key of the step this image builds FROM
+    root: Root | None
+    gpu: bool
+    budget_mb: int
+    smoke: tuple[SmokeCheck, ...]  # this family's checks and all its ancestors'
+    health_port: int = 0  # services: where the HEALTHCHECK probes
+    rendered: Rendered = field(repr=False, compare=False)
+
+    @property
+    def id_tag(self) -> str:
+        return f"id-{self.identity[:24]}"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "key": self.key,
+            "kind": self.kind,
+            "name": self.name,
+            "machine": self.machine,
+            "repository": self.repository,
+            "identity": self.identity,
+            "id_tag": self.id_tag,
+            "parent": self.parent,
+            "gpu": self.gpu,
+            "budget_mb": self.budget_mb,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class Plan:
+    steps: tuple[Step, ...]
+    machines: tuple[str, ...]
+
+    def step(self, key: str) -> Step:
+        return next(s for s in self.steps if s.key == key)
+
+    def levels(self) -> list[list[Step]]:
+        """Steps grouped so that each group depends only on earlier groups (concurrency waves)."""
+        depth: dict[str, int] = {}
+        for s in self.steps:
+            depth[s.key] = 0 if s.parent is None else depth[s.parent] + 1
+        waves: list[list[Step]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
+        for s in self.steps:
+            waves[depth[s.key]].append(s)
+        return waves
+
+    def as_json(self) -> dict[str, object]:
+        return {"machines": list(self.machines), "steps": [s.as_json() for s in self.steps]}
+
+
+def family_repository(family: Family, machine: str | None) -> str:
+    return f"{family.name}-{machine}" if family.machine_specific and machine else family.name
+
+
+def service_repository(fleet: Fleet, service: Service, machine: str) -> str:
+    family = fleet.families[service.family]
+    cuda = f"-cu{family.cuda.replace('.', '')}" if family.gpu else ""
+    return f"{service.slug}{cuda}-{machine}"
+
+
+def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None) -> Step:
+    specific = family.machine_specific
+    rendered = render_family(fleet, family, fleet.machines[machine] if specific else None)
+    root = family.root
+    identity = sha256_json(
+        {
+            "v": IDENTITY_VERSION,
+            "epoch": fleet.settings.source_date_epoch,
+            "kind": "family",
+            "name": family.name,
+            "machine": machine if specific else None,
+            "context": rendered.digest(),
+            "root": [root.source, root.image if root.source == "image" else "", root.suite, list(root.packages)] if root else None,
+            "parent": parent.identity if parent else None,
+            # The identity tag vouches for "built and verified": new checks mean a new identity.
+            "smoke": [[*c.run, "gpu"] if c.gpu else list(c.run) for c in family.smoke],
+        }
+    )
+    return Step(
+        key=f"family:{family.name}@{machine}" if specific else f"family:{family.name}",
+        kind="family",
+        name=family.name,
+        machine=machine if specific else None,
+        repository=family_repository(family, machine),
+        identity=identity,
+        parent=parent.key if parent else None,
+        root=root,
+        gpu=family.gpu,
+        budget_mb=family.budget_mb,
+        smoke=tuple(check for f in fleet.lineage(family.name) for check in f.smoke),
+        rendered=rendered,
+    )
+
+
+def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Step) -> Step:
+    rendered = render_service(fleet, service, fleet.machines[machine])
+    family = fleet.families[service.family]
+    identity = sha256_json(
+        {
+            "v": IDENTITY_VERSION,
+            "epoch": fleet.settings.source_date_epoch,
+            "kind": "service",
+            "name": service.name,
+            "machine": machine,
+            "context": rendered.digest(),
+            "parent": family_step.identity,
+        }
+    )
+    return Step(
+        key=f"service:{service.name}@{machine}",
+        kind="service",
+        name=service.name,
+        machine=machine,
+        repository=service_repository(fleet, service, machine),
+        identity=identity,
+        parent=family_step.key,
+        root=None,
+        gpu=family.gpu,
+        budget_mb=family.budget_mb,
+        smoke=family_step.smoke,
+        health_port=service.health_port,
+        rendered=rendered,
+    )
+
+
+def _check_names(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
+    known = list(known)
+    for name in names:
+        if name not in known:
+            raise UsageError(f"unknown {kind} {name!r}; {did_you_mean(name, known)}")
+
+
+def make_plan(
+    fleet: Fleet,
+    *,
+    machines: Iterable[str] = (),
+    families: Iterable[str] = (),
+    groups: Iterable[str] = (),
+    services: Iterable[str] = (),
+    all_families: bool = False,
+    all_services: bool = False,
+) -> Plan:
+    """Order the selected images: families parents-first, then services, for each selected machine.
+
+    With no selection at all, every family is planned. ``groups`` selects families by group. Families named (or needed by a named
+    service) pull in their ancestors, nothing else.
+    """
+    machines, families, services = list(machines), list(families), list(services)
+    _check_names("machine", machines, fleet.machines)
+    _check_names("family", families, fleet.families)
+    named_families = list(families)
+    groups = list(groups)
+    _check_names("family group", groups, {f.group for f in fleet.families.values()})
+    families += [f.name for f in fleet.families.values() if f.group in groups]
+    _check_names("service", services, fleet.services)
+    machine_names = tuple(machines) or tuple(fleet.machines)
+    if all_services:
+        services = list(fleet.services)
+    if not (families or services) or all_families:
+        families = list(fleet.families)
+
+    gpu_machines = [m for m in machine_names if fleet.machines[m].has_gpu]
+    for name in named_families:
+        if fleet.families[name].gpu and not gpu_machines:
+            raise UsageError(f"family {name!r} is a GPU family, and none of the selected machine(s) {', '.join(machine_names)} has a GPU")
+    chosen_services = [fleet.services[s] for s in sorted(set(services))]
+    for svc in chosen_services:
+        if not set(svc.machines) & set(machine_names) and not all_services:
+            raise UsageError(f"service {svc.name!r} runs on {', '.join(svc.machines)}, not on the selected machine(s) {', '.join(machine_names)}")
+
+    steps: dict[str, Step] = {}
+    for machine in machine_names:
+        needed: set[str] = set()
+        for name in families:
+            needed.update(f.name for f in fleet.lineage(name))
+        for svc in chosen_services:
+            if machine in svc.machines:
+                needed.update(f.name for f in fleet.lineage(svc.family))
+        by_family: dict[str, Step] = {}
+        for family in fleet.families.values():  # parents before children
+            if family.name not in needed or (family.gpu and not fleet.machines[machine].has_gpu):
+                continue  # a machine without a GPU gets no CUDA image
+            parent = by_family.get(family.parent) if family.parent else None
+            step = _family_step(fleet, family, machine, parent)
+            step = steps.setdefault(step.key, step)
+            by_family[family.name] = step
+        for svc in chosen_services:
+            if machine in svc.machines:
+                step = _service_step(fleet, svc, machine, by_family[svc.family])
+                steps[step.key] = step
+    ordered = [s for s in steps.values() if s.kind == "family"] + [s for s in steps.values() if s.kind == "service"]
+    return Plan(steps=tuple(ordered), machines=machine_names)

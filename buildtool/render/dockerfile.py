@@ -1,0 +1,221 @@
+"""Render Dockerfiles and build contexts from the fleet model, in memory. Pure: no I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cache
+
+import jinja2
+
+from buildtool.core.hashing import sha256
+from buildtool.model.locks import Lock, build_lock_name, family_lock_path, install_set, service_lock_path
+from buildtool.model.types import Family, Fleet, Machine, Service
+from buildtool.render import quote
+from buildtool.render.quote import Quoted
+
+LOCK_DIR = "lockfiles"
+REGENERATE = "nox -s render"
+
+ROOT_ENV = (
+    ("LANG", "C.UTF-8"),
+    ("PATH", "/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("PIP_DISABLE_PIP_VERSION_CHECK", "1"),
+    ("PYTHONDONTWRITEBYTECODE", "1"),
+    ("PYTHONUNBUFFERED", "1"),
+    ("VIRTUAL_ENV", "/opt/venv"),
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rendered:
+    """Everything one image build reads, in memory: its Dockerfile, generated files and app sources.
+
+    The bytes hashed into the identity (:meth:`digest`) are the bytes :meth:`write` puts on disk.
+    """
+
+    dockerfile: str
+    files: tuple[tuple[str, bytes], ...]  # generated context files, by path in the context
+    app_files: tuple[tuple[str, bytes], ...] = ()  # copied to app/ in the context (services only)
+
+    def digest(self) -> str:
+        """The content hash of the context (each file by path and sha256, in a fixed order)."""
+        parts = [b"Dockerfile\0" + self.dockerfile.encode() + b"\0"]
+        parts += [path.encode() + b"\0" + sha256(data).encode() + b"\0" for path, data in self.files]
+        parts += [b"app/" + path.encode() + b"\0" + sha256(data).encode() + b"\0" for path, data in self.app_files]
+        return sha256(b"".join(parts))
+
+    def context_files(self) -> list[tuple[str, bytes]]:
+        """(path in the context, bytes) of every file: what the materialiser writes."""
+        return [("Dockerfile", self.dockerfile.encode()), *self.files, *((f"app/{p}", d) for p, d in self.app_files)]
+
+
+def _finalize(value: object) -> object:
+    """Every ``{{ }}`` of a template must be quoted for its place (:mod:`buildtool.quote`) or a number."""
+    if isinstance(value, Quoted) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise quote.Unrepresentable(f"template value {value!r} was not quoted for its place in the Dockerfile")
+
+
+def apt_install(packages: Iterable[str]) -> Quoted:
+    """One RUN step installing Debian packages, with apt's caches as cache mounts and its logs removed."""
+    return Quoted(
+        "RUN --network=host --mount=type=cache,target=/var/cache/apt,sharing=locked \\\n"
+        "    --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \\\n"
+        "    apt-get update \\\n"
+        f" && apt-get install -y --no-install-recommends {quote.shell_words(packages)} \\\n"
+        " && rm -rf /var/log/apt /var/log/dpkg.log /var/log/alternatives.log /var/cache/ldconfig/aux-cache"
+    )
+
+
+def pip_install(requirements: str = "requirements.txt", prefix: str = "/install", compile: bool = False) -> Quoted:
+    """One RUN step installing a hash-locked requirements file of the context.
+
+    The CA bundle and an index URL with its token reach pip only as BuildKit secrets.
+    ``compile``: packages may be built from source, with the build tools of the stage (no build
+    isolation) and without pip's wheel cache, which does not key on compiler flags or the target
+    architecture; the build tools sit in the stage's venv, and a package both list (packaging)
+    would count as installed there and miss /install: --ignore-installed. ``prefix=""``: into the
+    stage's own venv.
+    """
+    name = quote.token(requirements)
+    options = " --no-build-isolation --no-cache-dir --ignore-installed" if compile else ""
+    if prefix:
+        options += f" --prefix={quote.token(prefix)}"
+    return Quoted(
+        "RUN --network=host --mount=type=cache,target=/root/.cache/pip,sharing=locked \\\n"
+        "    --mount=type=secret,id=pip_ca,required=true \\\n"
+        "    --mount=type=secret,id=pip_index,required=false \\\n"
+        f"    --mount=type=bind,source={name},target=/tmp/{name} \\\n"
+        '    if [ -s /run/secrets/pip_index ]; then PIP_INDEX_URL="$(cat /run/secrets/pip_index)"; export PIP_INDEX_URL; fi \\\n'
+        " && PIP_CERT=/run/secrets/pip_ca /opt/venv/bin/python -m pip install \\\n"
+        f"      --no-deps --require-hashes --disable-pip-version-check{options} -r /tmp/{name}"
+    )
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("buildtool.render", "templates"),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        finalize=_finalize,
+    )
+    env.filters.update(
+        token=quote.token,
+        comment=quote.comment,
+        exec_form=quote.exec_form,
+        key_values=quote.key_values,
+        build_env=lambda pairs: quote.key_values(pairs, build_args=True),
+    )
+    env.globals.update(apt_install=apt_install, pip_install=pip_install)
+    return env
+
+
+def _inherited_lock(fleet: Fleet, family: str | None) -> Lock | None:
+    """The lock of the nearest family on ``family``'s lineage (itself included) that has requirements."""
+    owner = fleet.lock_owner(family) if family else None
+    return fleet.lock(family_lock_path(owner.name)) if owner else None
+
+
+def _header(source: str, what: str) -> Quoted:
+    return Quoted(f"# {quote.comment(what)}, generated by buildtool from {quote.comment(source)}; do not edit.\n# Regenerate with: {REGENERATE}")
+
+
+def dockerignore(fleet: Fleet) -> bytes:
+    lines = ["# Generated by buildtool from fleet.toml settings.ignore; do not edit."]
+    for pattern in fleet.settings.ignore:
+        lines.append(f"**/{pattern.rstrip('/')}" if pattern.endswith("/") else f"**/{pattern}")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def machine_profile(machine: Machine) -> bytes:
+    return (json.dumps(machine.profile_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+
+def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rendered:
+    """The Dockerfile and context of one family (``machine`` only for machine-specific families)."""
+    env = (ROOT_ENV if family.root else ()) + family.env
+    labels = [
+        ("org.opencontainers.image.title", family.name),
+        ("org.opencontainers.image.description", family.description),
+        ("fleet.family", family.name),
+        ("fleet.python", family.python),
+    ]
+    if family.cuda:
+        labels.append(("fleet.cuda", family.cuda))
+    if family.machine_specific and machine is not None:
+        labels.append(("fleet.machine", machine.name))
+    text = _env().get_template("family.Dockerfile.j2").render(
+        header=_header(family.file, f"Dockerfile of family {family.name}"),
+        family=family,
+        machine=machine,
+        base=Quoted("base" if family.root else "${PARENT_IMAGE}"),
+        cmake_arch=machine.cuda_arch.replace(".", "") if machine else "",
+        env=sorted(env),
+        labels=labels,
+    )
+    files: list[tuple[str, bytes]] = [(".dockerignore", dockerignore(fleet))]
+    # The family's packages and its build tools (builder stage only), minus what the parent holds.
+    parent = _inherited_lock(fleet, family.parent)
+    if family.requirements:
+        files.append(("requirements.txt", install_set(fleet.lock(family_lock_path(family.name)), parent).encode()))
+    if family.machine_specific and machine is not None:
+        files.append(("machine-profile.json", machine_profile(machine)))
+    if family.builder and family.builder.requirements:
+        tools = fleet.lock(family_lock_path(build_lock_name(family.name)))
+        files.append(("build-requirements.txt", install_set(tools, parent).encode()))
+    if family.builder and family.builder.setup:
+        files.append(("builder-setup.sh", fleet.scripts[family.builder.setup]))
+    return Rendered(dockerfile=text, files=tuple(files))
+
+
+def healthcheck(fleet: Fleet, service: Service) -> list[str]:
+    """An exec-form health probe that works in the service's image (curl where the family has it)."""
+    url = f"http://127.0.0.1:{service.health_port}/health"
+    if fleet.has_os_package(service.family, "curl"):
+        return ["curl", "-fsS", "-o", "/dev/null", url]
+    return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=5)"]
+
+
+def service_requirements(fleet: Fleet, service: Service) -> str:
+    if not service.requirements:
+        return ""
+    return install_set(fleet.lock(service_lock_path(service.name)), _inherited_lock(fleet, service.family))
+
+
+def render_service(fleet: Fleet, service: Service, machine: Machine) -> Rendered:
+    family = fleet.families[service.family]
+    env = {
+        "SERVICE_NAME": service.name,
+        "SERVICE_PORT": str(service.port),
+        "HEALTH_PORT": str(service.health_port),
+        **machine.profile_dict(),
+        **dict(service.env),
+    }
+    labels = [
+        ("org.opencontainers.image.title", service.name),
+        ("org.opencontainers.image.description", f"{service.name} ({service.needs or family.name}) for {machine.name}"),
+        ("fleet.family", family.name),
+        ("fleet.machine", machine.name),
+        ("fleet.service", service.name),
+    ]
+    requirements = service_requirements(fleet, service)
+    text = _env().get_template("service.Dockerfile.j2").render(
+        header=_header(service.file, f"Dockerfile of service {service.name} for {machine.name}"),
+        service=service,
+        family_image=f"{family.name} for {machine.name}" if family.machine_specific else family.name,
+        machine=machine,
+        env=sorted(env.items()),
+        labels=labels,
+        requirements=bool(service.requirements),
+        healthcheck=healthcheck(fleet, service),
+    )
+    files: list[tuple[str, bytes]] = [(".dockerignore", dockerignore(fleet)), ("machine-profile.json", machine_profile(machine))]
+    if service.requirements:
+        files.append(("requirements.txt", requirements.encode()))
+    return Rendered(dockerfile=text, files=tuple(files), app_files=fleet.sources[service.source].files)

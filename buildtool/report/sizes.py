@@ -1,0 +1,162 @@
+"""Image sizes, measured from the registry: compressed (layer blobs) and uncompressed sizes,
+largest layers, change against the previous release, the family budget, CUDA libraries and the
+biggest Python packages. :mod:`.tables` shows them and writes them to the state dir."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildtool.adapters.files import atomic_write
+from buildtool.adapters.protocols import Registry
+from buildtool.core.refs import repo_path
+from buildtool.plan.plan import Plan
+from buildtool.publish.release import PREVIOUS
+
+MB = 1_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class Layer:
+    size: int
+    created_by: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageSize:
+    repository: str
+    machine: str
+    status: str
+    compressed: int
+    uncompressed: int | None
+    budget_mb: int
+    prev_compressed: int | None
+    largest: list[Layer] = field(default_factory=list)
+    cuda_bytes: int | None = None  # GPU images: bytes of CUDA libraries in the final filesystem
+    cuda_duplicates: dict[str, list[str]] = field(default_factory=dict)  # library -> paths, when >1
+    packages: list[tuple[str, int]] = field(default_factory=list)  # biggest site-packages entries
+
+    @property
+    def over_budget(self) -> bool:
+        return self.compressed > self.budget_mb * MB
+
+    @property
+    def delta(self) -> int | None:
+        return None if self.prev_compressed is None else self.compressed - self.prev_compressed
+
+
+def _layers(registry: Registry, repo: str, ref: str) -> list[Layer]:
+    sizes = registry.layer_sizes(repo, ref)
+    history = [h for h in registry.config(repo, ref).get("history", []) if not h.get("empty_layer")]
+    cmds = [h.get("created_by", "") for h in history] if len(history) == len(sizes) else [""] * len(sizes)
+    return [Layer(size=s, created_by=" ".join(c.replace("/bin/sh -c ", "").split())[:90]) for s, c in zip(sizes, cmds, strict=True)]
+
+
+def _uncompressed(registry: Registry, repo: str, ref: str, cache_dir: Path) -> int:
+    """Sum of decompressed layer sizes; per-blob results are cached (blobs never change)."""
+    manifest = registry.image_manifest(repo, ref)
+    total = 0
+    for layer in manifest.data.get("layers", []) if manifest else []:
+        cached = cache_dir / layer["digest"].replace(":", "-")
+        if not cached.is_file():
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(cached, str(registry.uncompressed_size(repo, layer["digest"])))
+        total += int(cached.read_text())
+    return total
+
+
+CUDA_LIB = re.compile(r"^lib(cuda|cudart|cublas|cublasLt|cudnn[a-z_]*|cufft[a-z]*|curand|cusolver[a-zA-Z]*|cusparse[a-zA-Z]*|nccl|nvrtc[a-z-]*|"
+                      r"nvJitLink|nvToolsExt|cupti|nvperf[a-z_]*|cufile[a-z_]*)\.so(\.[0-9]+)*$")
+
+
+def _layer_files(registry: Registry, repo: str, digest: str, cache_dir: Path) -> list[tuple[str, int]]:
+    cached = cache_dir / (digest.replace(":", "-") + ".json")
+    if not cached.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(cached, json.dumps(registry.layer_files(repo, digest)))
+    return [tuple(x) for x in json.loads(cached.read_text())]
+
+
+def final_files(registry: Registry, repo: str, ref: str, cache_dir: Path) -> dict[str, int]:
+    """Path -> size of every regular file in the image's final filesystem (whiteouts applied)."""
+    manifest = registry.image_manifest(repo, ref)
+    files: dict[str, int] = {}
+    for layer in manifest.data.get("layers", []) if manifest else []:
+        for path, size in _layer_files(registry, repo, layer["digest"], cache_dir):
+            head, _, base = path.rpartition("/")
+            if size < 0:  # whiteout: the file (or a whole directory) is gone from here up
+                target = f"{head}/{base.removeprefix('.wh.')}" if head else base.removeprefix(".wh.")
+                for p in [p for p in files if p == target or p.startswith(target + "/")]:
+                    del files[p]
+            else:
+                files[path] = size
+    return files
+
+
+def cuda_inventory(files: dict[str, int]) -> tuple[int, dict[str, list[str]]]:
+    """CUDA library bytes, and libraries present at more than one path."""
+    by_name: dict[str, list[str]] = defaultdict(list)
+    total = 0
+    for path, size in files.items():
+        name = path.rsplit("/", 1)[-1]
+        if CUDA_LIB.match(name):
+            total += size
+            by_name[name].append(path)
+    return total, {name: sorted(paths) for name, paths in by_name.items() if len(paths) > 1}
+
+
+# nvidia/ is a namespace shared by every CUDA wheel: count its subfolders (cublas, cudnn, ...) apart.
+NAMESPACES = ("nvidia",)
+
+
+def largest_packages(files: dict[str, int], top: int = 5) -> list[tuple[str, int]]:
+    """The biggest top-level folders of the Python environments' site-packages (uncompressed bytes)."""
+    sizes: dict[str, int] = defaultdict(int)
+    for path, size in files.items():
+        _, sep, rest = path.partition("site-packages/")
+        if not sep or "/" not in rest:
+            continue
+        parts = rest.split("/")
+        name = "/".join(parts[:2]) if parts[0] in NAMESPACES and len(parts) > 2 else parts[0]
+        sizes[name] += size
+    return sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+
+
+def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
+    out = []
+    for step in plan.steps:
+        repo = repo_path(org, step.repository)
+        layers = _layers(registry, repo, step.id_tag)
+        if not layers:
+            continue  # not in the registry (failed or never built)
+        uncompressed = _uncompressed(registry, repo, step.id_tag, state_dir / "blob-sizes")
+        prev = registry.layer_sizes(repo, PREVIOUS)
+        files = final_files(registry, repo, step.id_tag, state_dir / "layer-files")
+        cuda_bytes, dupes = cuda_inventory(files) if step.gpu else (None, {})
+        out.append(
+            ImageSize(
+                repository=step.repository,
+                machine=step.machine or "any",
+                status=statuses.get(step.key, ""),
+                compressed=sum(layer.size for layer in layers),
+                uncompressed=uncompressed,
+                budget_mb=step.budget_mb,
+                prev_compressed=sum(prev) if prev else None,
+                largest=sorted(layers, key=lambda layer: -layer.size)[:3],
+                cuda_bytes=cuda_bytes,
+                cuda_duplicates=dupes,
+                packages=largest_packages(files),
+            )
+        )
+    return out
+
+
+def load(state_dir: Path) -> list[ImageSize]:
+    data = json.loads((state_dir / "reports" / "sizes.json").read_text())
+    return [
+        ImageSize(**{**d, "largest": [Layer(**layer) for layer in d["largest"]], "packages": [tuple(p) for p in d.get("packages", [])]})
+        for d in data
+    ]

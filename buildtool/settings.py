@@ -1,0 +1,111 @@
+"""The settings of a run: built once from flags, the environment and fleet.toml, then frozen.
+
+Precedence: a flag, then the environment, then fleet.toml's [settings], then
+``buildtool/defaults.toml``. The environment arrives as a mapping; nothing below this module
+reads ``os.environ``. The library (pipeline, bench, tests) takes a :class:`Settings`; only the
+command line builds one from the process environment.
+
+=========================  ==========================================================
+FLEET_REGISTRY             registry host[:port] (flag ``--registry``)
+FLEET_ORG                  organisation below the registry (flag ``--org``)
+FLEET_REGISTRY_TOKEN       bearer token for the registry
+FLEET_STATE_DIR            state dir: contexts, logs, root filesystems, reports
+FLEET_REGISTRY_STORAGE     storage of a local registry the toolkit starts
+FLEET_PIP_CA               CA bundle for pip inside builds (BuildKit secret ``pip_ca``)
+FLEET_PIP_INDEX_URL        index URL with its token (BuildKit secret ``pip_index``, never a layer)
+FORCE_IMAGE_TAG            the release ``rollback`` points ``latest`` at
+=========================  ==========================================================
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from buildtool.core.errors import ConfigError, Problem
+from buildtool.core.refs import ImageRef, cache_ref
+from buildtool.model.schema import CONTROL, IMAGE_TAG_RE, ORG_RE, REGISTRY_RE
+from buildtool.model.types import Fleet
+
+PIP_INDEX_VAR = "FLEET_PIP_INDEX_URL"
+
+
+@cache
+def defaults() -> dict[str, object]:
+    return tomllib.loads(resources.files("buildtool").joinpath("defaults.toml").read_text())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    root: Path  # the repository (fleet.toml)
+    registry: str
+    org: str
+    registry_token: str | None
+    state_dir: Path
+    registry_storage: Path
+    ca_bundle: Path  # reaches builds only as the BuildKit secret "pip_ca"
+    pip_index_env: str  # name of the variable holding an index URL with a token ("" if unset): secret "pip_index"
+    force_image_tag: str
+    source_date_epoch: int
+    jobs: int
+    health_timeout: float
+
+    def ref(self, repository: str, tag: str = "", digest: str = "") -> ImageRef:
+        return ImageRef(registry=self.registry, org=self.org, repository=repository, tag=tag, digest=digest)
+
+    def cache_ref(self, repository: str) -> ImageRef:
+        return cache_ref(self.registry, self.org, repository)
+
+    def secrets(self) -> list[str]:
+        """BuildKit secrets of every build: the CA bundle, and the index URL when one is set."""
+        out = [f"id=pip_ca,src={self.ca_bundle}"]
+        if self.pip_index_env:
+            out.append(f"id=pip_index,env={self.pip_index_env}")
+        return out
+
+
+def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Settings:
+    """Settings of a run on ``fleet``: ``flags`` (None where not given) over ``env`` over the fleet
+    over the defaults. Invalid values raise :class:`ConfigError` naming the variable."""
+    d = defaults()
+    problems: list[Problem] = []
+
+    def pick(flag: str, var: str, fallback: str, regex: re.Pattern[str], what: str) -> str:
+        """The flag, else the variable, else ``fallback`` (already valid); a bad value is a problem."""
+        if flags.get(flag):
+            value, file, key = str(flags[flag]), "command line", f"--{flag}"
+        elif env.get(var):
+            value, file, key = env[var], "environment", var
+        else:
+            return fallback
+        if not regex.fullmatch(value):
+            problems.append(Problem(file=file, key=key, message=f"{value!r} is not {what}; fix or unset it"))
+        return value
+
+    registry = pick("registry", "FLEET_REGISTRY", fleet.settings.registry, REGISTRY_RE, "a registry host[:port]")
+    org = pick("org", "FLEET_ORG", fleet.settings.org, ORG_RE, "an image path of lowercase letters, digits, '.', '_', '-' and '/'")
+    force = pick("force_image_tag", "FORCE_IMAGE_TAG", "", IMAGE_TAG_RE, "an image tag")
+    for var in ("FLEET_REGISTRY_TOKEN", PIP_INDEX_VAR):
+        if CONTROL.search(env.get(var, "")):
+            problems.append(Problem(file="environment", key=var, message=f"holds a line break or control character (value not shown); fix or unset {var}"))
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        root=fleet.root,
+        registry=registry,
+        org=org,
+        registry_token=env.get("FLEET_REGISTRY_TOKEN") or None,
+        state_dir=Path(env.get("FLEET_STATE_DIR") or fleet.root / str(d["state_dir"])),
+        registry_storage=Path(env.get("FLEET_REGISTRY_STORAGE") or str(d["registry_storage"])),
+        ca_bundle=Path(env.get("FLEET_PIP_CA") or str(d["ca_bundle"])),
+        pip_index_env=PIP_INDEX_VAR if env.get(PIP_INDEX_VAR) else "",
+        force_image_tag=force,
+        source_date_epoch=fleet.settings.source_date_epoch,
+        jobs=int(flags.get("jobs") or d["jobs"]),  # type: ignore[call-overload]
+        health_timeout=float(d["health_timeout"]),  # type: ignore[arg-type]
+    )

@@ -1,0 +1,39 @@
+"""Runs for the engine tests: the library call the command line makes, with the tests' own settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from buildtool import pipeline, settings
+from buildtool.adapters.files import adopt
+from buildtool.core.errors import ToolError
+from buildtool.model.load import load_fleet
+from buildtool.plan.plan import make_plan
+from tests.conftest import REPO
+from tests.fakes import QuietProgress
+
+
+def state_dir() -> Path:
+    """The tests' state dir: below the repository's build/ (reused between runs: bootstrapped roots
+    are cached there), or FLEET_TEST_STATE_DIR."""
+    adopt(REPO / "build")
+    return Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
+
+
+def settings_for(root: Path, org: str, **env: str) -> settings.Settings:
+    return settings.from_sources(load_fleet(root), {"FLEET_ORG": org, "FLEET_STATE_DIR": str(state_dir()), **env})
+
+
+def run_build(run_settings: settings.Settings, *services: str, tag: str, **selection: object) -> int:
+    """Build as `nox -s build` would; the exit code the command line would give."""
+    fleet = load_fleet(run_settings.root)
+    run_settings = dataclasses.replace(run_settings, root=fleet.root)
+    try:
+        plan = make_plan(fleet, services=services, **selection)
+        pipeline.build(run_settings, fleet, plan, progress=QuietProgress(), tag=tag)
+    except ToolError as exc:
+        print(exc.message)
+        return exc.exit_code
+    return 0

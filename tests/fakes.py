@@ -1,0 +1,113 @@
+"""In-memory stand-ins for the engine and the registry, implementing the Protocols of
+:mod:`buildtool.adapters.protocols` (tests/test_architecture.py checks that they keep doing so)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from buildtool.adapters.registry import Manifest
+from buildtool.core.errors import BuildError
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+class FakeRegistry:
+    """Tags -> manifests in memory; counts requests like the real client does."""
+
+    def __init__(self) -> None:
+        self.tags: dict[tuple[str, str], Manifest] = {}
+        self.requests = 0
+
+    def add(self, repo: str, tag: str, content: str) -> Manifest:
+        body = json.dumps({"mediaType": OCI_MANIFEST, "config": {"digest": "sha256:" + "0" * 64}, "layers": [], "content": content}).encode()
+        m = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type=OCI_MANIFEST, body=body)
+        self.tags[(repo, tag)] = m
+        return m
+
+    def digest(self, repo: str, ref: str) -> str | None:
+        self.requests += 1
+        m = self.tags.get((repo, ref))
+        return m.digest if m else None
+
+    def manifest(self, repo: str, ref: str) -> Manifest | None:
+        self.requests += 1
+        return self.tags.get((repo, ref)) or next((m for (r, _), m in self.tags.items() if r == repo and m.digest == ref), None)
+
+    def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> None:
+        self.requests += 1
+        self.tags[(repo, tag)] = manifest
+
+    def image_manifest(self, repo: str, ref: str, platform: str = "linux/amd64") -> Manifest | None:
+        return self.manifest(repo, ref)
+
+    def layer_sizes(self, repo: str, ref: str) -> list[int]:
+        return []
+
+    def config(self, repo: str, ref: str) -> dict:
+        return {}
+
+    def uncompressed_size(self, repo: str, digest: str) -> int:
+        return 0
+
+    def layer_files(self, repo: str, digest: str) -> list[tuple[str, int]]:
+        return []
+
+
+class FakeEngine:
+    """Records builds; 'pushes' by adding the id tag to the fake registry."""
+
+    def __init__(self, registry: FakeRegistry, *, fail: Sequence[str] = (), user: str = "10001:10001") -> None:
+        self.registry = registry
+        self.fail = set(fail)
+        self.user = user
+        self.gpus = False
+        self.builds: list[tuple[str, dict[str, str], list[str]]] = []
+        self.checks: list[tuple[str, tuple[str, ...]]] = []
+        self.gpu_runs: list[str] = []
+        self.healthy: list[str] = []
+
+    def build(
+        self,
+        *,
+        context: Path,
+        tag: str,
+        build_args: Mapping[str, str],
+        secrets: Sequence[str],
+        cache_ref: str,
+        labels: Mapping[str, str],
+        log: Path,
+    ) -> None:
+        assert (context / "Dockerfile").is_file()
+        self.builds.append((tag, dict(build_args), list(secrets)))
+        if any(f"/{name}:" in tag for name in self.fail):
+            raise BuildError(f"build of {tag} failed")
+
+    def push(self, ref: str) -> None:
+        repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
+        self.registry.add(repo, tag, ref)
+
+    def image_user(self, ref: str) -> str:
+        return self.user
+
+    def gpus_available(self, ref: str) -> bool:
+        return self.gpus
+
+    def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]], *, gpus: bool = False) -> list[tuple[str, str]]:
+        self.checks += [(ref, tuple(argv)) for _, argv in checks]
+        if gpus:
+            self.gpu_runs.append(ref)
+        return []
+
+    def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None:
+        self.healthy.append(ref)
+
+
+class QuietProgress:
+    def __init__(self) -> None:
+        self.updates: list[tuple[str, str]] = []
+
+    def update(self, key: str, status: str, detail: str = "") -> None:
+        self.updates.append((key, status))

@@ -1,0 +1,52 @@
+"""The command line and the settings it builds: flags over the environment over fleet.toml."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from buildtool import settings
+from buildtool.cli.commands import settings_of
+from buildtool.cli.main import build_parser, main
+from buildtool.core.errors import ConfigError
+from buildtool.model.load import load_fleet
+
+
+def test_plan_json(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(fleet_dir), "plan", "--json", "--machine", "pc2", "--family", "family-web"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["machines"] == ["pc2"]
+    assert [s["repository"] for s in data["steps"]] == ["base-python", "base-utils", "base-cpu-pydeps", "family-web"]
+
+
+def test_unknown_service_is_a_usage_error(fleet_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--root", str(fleet_dir), "plan", "NoSuchService"]) == 3
+    err = capsys.readouterr().err
+    assert "unknown service 'NoSuchService'" in err and "Traceback" not in err
+
+
+def test_flags_override_the_environment_which_overrides_the_fleet(fleet_dir: Path) -> None:
+    fleet = load_fleet(fleet_dir)
+    env = {"FLEET_ORG": "from-env"}
+    got = settings.from_sources(fleet, env, registry="localhost:5001")
+    assert (got.registry, got.org) == ("localhost:5001", "from-env")
+    assert settings.from_sources(fleet, env, org="team").org == "team"
+    assert settings.from_sources(fleet, {}).org == fleet.settings.org == "fleet"
+    args = build_parser().parse_args(["--root", str(fleet_dir), "plan", "--org", "after", "--machine", "pc2"])  # as nox passes it
+    assert settings_of(args, fleet).org == "after"
+
+
+def test_defaults_come_from_data(fleet_dir: Path) -> None:
+    got = settings.from_sources(load_fleet(fleet_dir), {})
+    assert got.state_dir == load_fleet(fleet_dir).root / "build"
+    assert got.ca_bundle == Path(str(settings.defaults()["ca_bundle"]))
+    assert got.jobs == settings.defaults()["jobs"] and got.pip_index_env == ""
+
+
+def test_bad_values_name_where_they_came_from(fleet_dir: Path) -> None:
+    fleet = load_fleet(fleet_dir)
+    with pytest.raises(ConfigError) as exc:
+        settings.from_sources(fleet, {"FLEET_ORG": "Bad Org"}, registry="no spaces allowed")
+    assert [(p.file, p.key) for p in exc.value.problems] == [("command line", "--registry"), ("environment", "FLEET_ORG")]
