@@ -21,8 +21,11 @@ from buildtool.adapters.registry import Registry as RegistryClient
 from buildtool.adapters.registry import is_loopback
 from buildtool.core.errors import BuildError, LockError
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
+from buildtool.execute.security import Scanner, stale_entries
+from buildtool.execute.security import prepare as security_prepare
 from buildtool.locking.lock import verify
 from buildtool.locking.targets import targets
+from buildtool.model.allowlist import FILE
 from buildtool.model.types import Fleet
 from buildtool.plan.plan import Plan
 from buildtool.publish.release import Move, publish, release_tag
@@ -37,6 +40,7 @@ class Run:
     results: list[Result]
     moves: list[Move] = field(default_factory=list)
     sizes: list[sizes.ImageSize] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # the gate's: database, stale or expiring allowlist entries
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -72,6 +76,7 @@ def build(
     engine: Engine | None = None,
     registry: Registry | None = None,
     bootstrap: Bootstrapper | None = None,
+    scanner: Scanner | None = None,
     tag: str | None = None,
 ) -> Run:
     """Build, verify and push the plan's images; publish release tags when every one succeeded.
@@ -91,18 +96,27 @@ def build(
         engine = Docker()
     if bootstrap is None:
         from buildtool.adapters.bootstrap import bootstrap_rootfs as bootstrap
+    security, notes = security_prepare(settings, fleet, plan, scanner=scanner) if settings.scan else (None, [])
     tag = tag or release_tag(settings.root, settings.force_image_tag)
     started = time.monotonic()
-    executor = Executor(plan, settings=settings, engine=engine, registry=registry, progress=progress, bootstrap=bootstrap, revision=tag)
+    executor = Executor(
+        plan, settings=settings, engine=engine, registry=registry, progress=progress, bootstrap=bootstrap, revision=tag, security=security
+    )
     results = executor.run()
-    run = Run(tag=tag, seconds=time.monotonic() - started, results=results)
-    record = {"tag": tag, "seconds": run.seconds, "results": [asdict(r) for r in results]}
+    verdicts = [r.verdict for r in results if r.verdict]
+    if security:
+        images = [(s.repository, s.lineage) for s in plan.steps]
+        stale = stale_entries(security.allowlist, verdicts, images)
+        notes += [f"{FILE}: {e.where}: {e.id} ({e.target}) matched no finding of this run's images: stale, remove it" for e in stale]
+        notes += [f"WARN {v.repository}: {v.summary()}" for v in verdicts if v.status == "WARN"]
+    seconds = time.monotonic() - started
+    record = {"tag": tag, "seconds": seconds, "notes": notes, "results": [asdict(r) for r in results]}
     atomic_write(settings.state_dir / "reports" / "last-run.json", json.dumps(record, indent=2))
     failed = [r for r in results if r.status in ("failed", "blocked")]
     if failed:
         details = "\n".join(f"  - {r.repository}: {r.status}: {r.message}" for r in failed)
-        raise BuildError(f"{len(failed)} of {len(results)} images did not build; no tag was moved:\n{details}")
+        raise BuildError(f"{len(failed)} of {len(results)} images did not build or pass their checks; no tag was moved:\n{details}")
     moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
-    measured = sizes.measure(plan, {r.key: r.status for r in results}, registry, settings.org, settings.state_dir)
+    measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
-    return Run(tag=tag, seconds=run.seconds, results=results, moves=moves, sizes=measured)
+    return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes)

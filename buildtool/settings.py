@@ -14,11 +14,15 @@ FLEET_REGISTRY_STORAGE     storage of a local registry the toolkit starts
 FLEET_PIP_CA               CA bundle for pip inside builds (BuildKit secret ``pip_ca``)
 FLEET_PIP_INDEX_URL        index URL with its token (BuildKit secret ``pip_index``, never a layer)
 FORCE_IMAGE_TAG            the release ``rollback`` points ``latest`` at
+FLEET_VULN_POLICY          auto (default), enforce or warn (flag ``--vuln-policy``)
+FLEET_TRIVY_DB             a prepared Trivy database folder (trivy.db + metadata.json)
+FLEET_TRIVY_DB_REPOSITORY  where to download Trivy's database from (refreshed daily)
 =========================  ==========================================================
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import tomllib
 from collections.abc import Mapping
@@ -29,7 +33,7 @@ from pathlib import Path
 
 from buildtool.core.errors import ConfigError, Problem
 from buildtool.core.refs import ImageRef, cache_ref
-from buildtool.model.schema import CONTROL, IMAGE_TAG_RE, ORG_RE, REGISTRY_RE
+from buildtool.model.schema import CONTROL, IMAGE_RE, IMAGE_TAG_RE, ORG_RE, REGISTRY_RE
 from buildtool.model.types import Fleet
 
 PIP_INDEX_VAR = "FLEET_PIP_INDEX_URL"
@@ -54,6 +58,11 @@ class Settings:
     source_date_epoch: int
     jobs: int
     health_timeout: float
+    vuln_policy: str  # auto: enforce where a database is configured, else secrets only | enforce | warn
+    trivy_db: Path | None  # a prepared database folder
+    trivy_db_repository: str  # a database repository to download from ("" = none)
+    scan: bool = True  # the supply-chain gate runs (tests of other things may switch it off)
+    today: dt.date = dt.date(1970, 1, 1)  # the date allowlist expiries are read against
 
     def ref(self, repository: str, tag: str = "", digest: str = "") -> ImageRef:
         return ImageRef(registry=self.registry, org=self.org, repository=repository, tag=tag, digest=digest)
@@ -90,6 +99,8 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
     registry = pick("registry", "FLEET_REGISTRY", fleet.settings.registry, REGISTRY_RE, "a registry host[:port]")
     org = pick("org", "FLEET_ORG", fleet.settings.org, ORG_RE, "an image path of lowercase letters, digits, '.', '_', '-' and '/'")
     force = pick("force_image_tag", "FORCE_IMAGE_TAG", "", IMAGE_TAG_RE, "an image tag")
+    policy = pick("vuln_policy", "FLEET_VULN_POLICY", "auto", re.compile("auto|enforce|warn"), "a policy: auto, enforce or warn")
+    db_repo = pick("trivy_db_repository", "FLEET_TRIVY_DB_REPOSITORY", "", IMAGE_RE, "an image reference like ghcr.io/aquasecurity/trivy-db:2")
     for var in ("FLEET_REGISTRY_TOKEN", PIP_INDEX_VAR):
         if CONTROL.search(env.get(var, "")):
             problems.append(Problem(file="environment", key=var, message=f"holds a line break or control character (value not shown); fix or unset {var}"))
@@ -108,4 +119,8 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
         source_date_epoch=fleet.settings.source_date_epoch,
         jobs=int(flags.get("jobs") or d["jobs"]),  # type: ignore[call-overload]
         health_timeout=float(d["health_timeout"]),  # type: ignore[arg-type]
+        vuln_policy=policy,
+        trivy_db=Path(env["FLEET_TRIVY_DB"]) if env.get("FLEET_TRIVY_DB") else None,
+        trivy_db_repository=db_repo,
+        today=dt.datetime.now(dt.UTC).date(),
     )

@@ -20,6 +20,8 @@ class FakeRegistry:
     def __init__(self) -> None:
         self.tags: dict[tuple[str, str], Manifest] = {}
         self.requests = 0
+        self.blobs: dict[str, bytes] = {}
+        self.referrer_list: dict[tuple[str, str], list[dict]] = {}
 
     def add(self, repo: str, tag: str, content: str) -> Manifest:
         body = json.dumps({"mediaType": OCI_MANIFEST, "config": {"digest": "sha256:" + "0" * 64}, "layers": [], "content": content}).encode()
@@ -55,6 +57,21 @@ class FakeRegistry:
     def layer_files(self, repo: str, digest: str) -> list[tuple[str, int]]:
         return []
 
+    def attach(self, repo: str, subject: Manifest, *, artifact_type: str, data: bytes, annotations: dict[str, str] | None = None) -> Manifest:
+        self.requests += 1
+        self.blobs[hashlib.sha256(data).hexdigest()] = data
+        artifact = self.add(repo, f"sha256-{subject.digest[7:]}.{artifact_type}", data.decode(errors="replace"))
+        self.referrer_list.setdefault((repo, subject.digest), []).append({"digest": artifact.digest, "artifactType": artifact_type})
+        return artifact
+
+    def referrers(self, repo: str, subject_digest: str, artifact_type: str = "") -> list[dict]:
+        self.requests += 1
+        return [d for d in self.referrer_list.get((repo, subject_digest), []) if not artifact_type or d["artifactType"] == artifact_type]
+
+    def blob(self, repo: str, digest: str) -> bytes | None:
+        self.requests += 1
+        return self.blobs.get(digest.removeprefix("sha256:"))
+
 
 class FakeEngine:
     """Records builds; 'pushes' by adding the id tag to the fake registry."""
@@ -88,6 +105,13 @@ class FakeEngine:
     def push(self, ref: str) -> None:
         repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
         self.registry.add(repo, tag, ref)
+
+    def save(self, ref: str, out: Path) -> Path:
+        out.write_text(ref)
+        return out
+
+    def image_digest(self, ref: str) -> str:
+        return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
 
     def image_user(self, ref: str) -> str:
         return self.user

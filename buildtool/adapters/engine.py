@@ -109,6 +109,18 @@ class Docker:
     def pull(self, ref: str) -> None:
         self.client.image.pull(ref, quiet=True)
 
+    def save(self, ref: str, out: Path) -> Path:
+        """Write the image as an archive (``docker save``) for the scanner; return ``out``."""
+        try:
+            self.client.image.save(ref, output=out)
+        except _docker_exception() as exc:
+            raise BuildError(f"saving {ref} for the scan failed:\n{_tail(exc)}") from exc
+        return out
+
+    def image_digest(self, ref: str) -> str:
+        """The manifest digest of a local image (the containerd store keeps the one it will push)."""
+        return self.client.image.inspect(ref).id
+
     def image_user(self, ref: str) -> str:
         return self.client.image.inspect(ref).config.user or ""
 

@@ -25,7 +25,9 @@ def fleet_of(args: argparse.Namespace) -> Fleet:
 
 def settings_of(args: argparse.Namespace, fleet: Fleet) -> settings.Settings:
     """The run's settings: flags over the process environment over fleet.toml over the defaults."""
-    return settings.from_sources(fleet, os.environ, registry=args.registry, org=args.org, jobs=getattr(args, "jobs", None))
+    return settings.from_sources(
+        fleet, os.environ, registry=args.registry, org=args.org, jobs=getattr(args, "jobs", None), vuln_policy=getattr(args, "vuln_policy", None)
+    )
 
 
 def plan_of(fleet: Fleet, args: argparse.Namespace, *, default_group: str | None = None) -> Plan:
@@ -112,6 +114,8 @@ def build(args: argparse.Namespace) -> int:
         console.print("nothing changed: nothing was built")
     console.print(f"published {run.tag}: {len(run.moves)} tag(s) written")
     show_sizes(run.sizes)
+    for note in run.notes:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     return 0
 
 

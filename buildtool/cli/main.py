@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(p)
     p.add_argument("--families-only", action="store_true", help="families only (default group: cpu)")
     p.add_argument("--jobs", type=int, help="images built at once (default: 2)")
+    p.add_argument("--vuln-policy", choices=("auto", "enforce", "warn"), help="the gate's policy (default: FLEET_VULN_POLICY, then auto)")
     p.set_defaults(func=commands.build)
 
     p = sub.add_parser("bake", help="write the plan as a docker-bake.json")

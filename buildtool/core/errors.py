@@ -92,6 +92,13 @@ class OutputError(ToolError):
     exit_code = 11
 
 
+class SecurityError(ToolError):
+    """The supply-chain gate cannot run as configured (no advisory database under enforce, an
+    expired allowlist entry, a scanner failure)."""
+
+    exit_code = 12
+
+
 class VerifyError(BuildError):
     """A built image failed its smoke checks or health check."""
 

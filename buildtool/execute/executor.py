@@ -17,15 +17,36 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from buildtool.adapters.files import write_context
+from buildtool.adapters.files import owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core.errors import BuildError, CommandError, ToolError, VerifyError
 from buildtool.core.hashing import sha256_json
+from buildtool.execute.gate import Verdict
+from buildtool.execute.security import Security
 from buildtool.plan.plan import Plan, Step
 from buildtool.settings import Settings
 
 APP_USER = "10001:10001"
+# Structure checks every image passes besides its family's smoke checks (Python: not every image has find).
+STRUCTURE_CHECKS = (
+    (
+        "no setuid or setgid files",
+        ("python", "-c", "import os, stat, sys\n"
+         "bad = [os.path.join(d, f) for d, _, fs in os.walk('/') if not d.startswith(('/proc', '/sys', '/dev'))\n"
+         "       for f in fs if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))\n"
+         "       and os.lstat(os.path.join(d, f)).st_mode & (stat.S_ISUID | stat.S_ISGID)]\n"
+         "sys.exit('setuid/setgid: ' + ' '.join(sorted(bad)) if bad else 0)"),
+    ),
+)  # fmt: skip
 log = logging.getLogger("buildtool.execute")
+
+
+class GateFailure(VerifyError):
+    """An image failed the supply-chain gate; carries the verdict for the report."""
+
+    def __init__(self, message: str, verdict: Verdict) -> None:
+        super().__init__(message)
+        self.verdict = verdict
 
 
 class Progress(Protocol):
@@ -42,6 +63,8 @@ class Result:
     digest: str = ""
     seconds: float = 0.0
     message: str = ""
+    verdict: Verdict | None = None  # the supply-chain gate's, when the run scans
+    sbom: dict[str, object] | None = None  # digest and component count of the SBOM attached to the image
 
 
 Bootstrapper = Callable[..., Path]
@@ -58,8 +81,12 @@ class Executor:
         progress: Progress,
         bootstrap: Bootstrapper | None = None,
         revision: str = "",
+        security: Security | None = None,
     ) -> None:
         self.plan = plan
+        self.security = security  # None: no scans (the gate is the pipeline's to configure)
+        self._verdicts: dict[str, Verdict] = {}
+        self._sboms: dict[str, dict[str, object]] = {}
         self.revision = revision  # org.opencontainers.image.revision of what is built
         self.settings = settings
         self.engine = engine
@@ -102,7 +129,12 @@ class Executor:
         start = time.monotonic()
         try:
             status, digest = self._step(step, parent)
-            return Result(key=step.key, repository=step.repository, status=status, digest=digest, seconds=time.monotonic() - start)
+            return Result(key=step.key, repository=step.repository, status=status, digest=digest, seconds=time.monotonic() - start,
+                          verdict=self._verdicts.get(step.key), sbom=self._sboms.get(step.key))  # fmt: skip
+        except GateFailure as exc:
+            message = exc.message
+            return Result(key=step.key, repository=step.repository, status="failed", seconds=time.monotonic() - start, message=message,
+                          verdict=exc.verdict)  # fmt: skip
         except ToolError as exc:
             message = exc.message
         except Exception as exc:
@@ -118,6 +150,8 @@ class Executor:
         self.progress.update(step.key, "checking")
         digest = self.registry.digest(repo, step.id_tag)
         if digest:
+            if self.security:
+                self._gate_cached(step, repo, digest)
             return "cached", digest
 
         self.progress.update(step.key, "building")
@@ -153,12 +187,58 @@ class Executor:
             raise
         self.progress.update(step.key, "verifying")
         self.verify(step, ref)
+        scanned = self._gate_built(step, ref) if self.security else None
         self.progress.update(step.key, "pushing")
         self.engine.push(ref)
         digest = self.registry.digest(repo, step.id_tag)
         if not digest:
             raise BuildError(f"{ref} was pushed but the registry does not show it")
+        if self.security and scanned:
+            report, sbom = scanned
+            manifest = self.registry.manifest(repo, digest)
+            assert manifest is not None
+            self._sboms[step.key] = self.security.attach_sbom(self.registry, repo, manifest, sbom)
+            self.security.keep(digest, report=report, sbom=self._sboms[step.key])
         return "built", digest
+
+    # -- the supply-chain gate --------------------------------------------------------------
+
+    def _work(self, step: Step) -> Path:
+        return owned_dir(self.settings.state_dir / "scan" / step.repository, what="scan work folder", clear=True)
+
+    def _gate_built(self, step: Step, ref: str) -> tuple[dict, bytes]:
+        """Scan a built image before it is pushed: its secrets and vulnerabilities, and its SBOM."""
+        assert self.security is not None
+        self.progress.update(step.key, "scanning")
+        work = self._work(step)
+        archive = self.engine.save(ref, work / "image.tar")
+        try:
+            report = self.security.scan(archive, work)
+            sbom = self.security.scanner.sbom(archive, work / "sbom.cdx.json")
+        finally:
+            archive.unlink(missing_ok=True)
+        self._decide(step, report, self.engine.image_digest(ref))
+        return report, sbom
+
+    def _gate_cached(self, step: Step, repo: str, digest: str) -> None:
+        """An image already in the registry is judged on its kept report for this database, or
+        scanned there once when there is none (a new database, another machine's state dir)."""
+        assert self.security is not None
+        report = self.security.report(digest)
+        if report is None:
+            self.progress.update(step.key, "scanning")
+            report = self.security.scan(str(self.settings.ref(step.repository, digest=digest)), self._work(step))
+            self.security.keep(digest, report=report)
+        self._sboms[step.key] = self.security.record(digest).get("sbom")
+        self._decide(step, report, digest)
+
+    def _decide(self, step: Step, report: dict, digest: str) -> None:
+        assert self.security is not None
+        verdict = self.security.judge(report, repository=step.repository, digest=digest, lineage=step.lineage)
+        self._verdicts[step.key] = verdict
+        if verdict.failed:
+            lines = [f.line() for f in verdict.secrets] + [f.line() for f in verdict.blocking]
+            raise GateFailure(f"{step.repository}: failed the supply-chain gate ({verdict.summary()}):\n" + "\n".join(f"  {x}" for x in lines), verdict)
 
     def _context(self, step: Step) -> Path:
         tar = None
@@ -173,7 +253,7 @@ class Executor:
         user = self.engine.image_user(ref)
         if user != APP_USER:
             raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
-        failures = self.engine.run_checks(ref, [(c.name, c.run) for c in step.smoke if not c.gpu])
+        failures = self.engine.run_checks(ref, [*STRUCTURE_CHECKS, *((c.name, c.run) for c in step.smoke if not c.gpu)])
         gpu_checks = [(c.name, c.run) for c in step.smoke if c.gpu]
         if gpu_checks and self.engine.gpus_available(ref):
             failures += self.engine.run_checks(ref, gpu_checks, gpus=True)

@@ -132,6 +132,9 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
         env = v.get("env", ())
         check_env_names(c, file, "env", env, dict.fromkeys(ROOT_ENV_NAMES, "the toolkit in every family image"))
         builder = _read_builder(c, file, data["builder"], bool(reqs), machine_specific) if "builder" in data else None
+        vuln_policy = v.get("vuln_policy", parent.vuln_policy if parent else "enforce")
+        if v.get("vuln_policy") == "warn" and not v.get("vuln_policy_reason", "").strip():
+            c.add(file, "vuln_policy_reason", 'a family that downgrades the gate to "warn" says why (and until when) in vuln_policy_reason')
         families[name] = Family(
             name=name,
             file=file,
@@ -150,6 +153,7 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
             vram_gb=v.get("vram_gb", parent.vram_gb if parent else 0),
             group=v.get("group", parent.group if parent and parent.group != "cpu" else ("gpu" if gpu else "cpu")),
             builder=builder,
+            vuln_policy=vuln_policy,
         )
     return families, defined
 

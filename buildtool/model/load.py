@@ -8,11 +8,13 @@ its file and key, and all of them are raised together as one :class:`ConfigError
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
 
 from buildtool.core.names import did_you_mean, image_slug
+from buildtool.model.allowlist import read_allowlist
 from buildtool.model.families import read_families
 from buildtool.model.locks import LOCK_DIR, Lock, parse_lock
 from buildtool.model.schema import (
@@ -34,7 +36,7 @@ from buildtool.model.sources import SourceProblem, SourceTree, read_regular, rea
 from buildtool.model.types import GENERATED_PROFILE_KEYS, Family, Fleet, Machine, Service, Settings
 
 # What a fleet is made of (tests and the bench work on copies of these).
-FLEET_PARTS = ("fleet.toml", "families", "machines", "services", "lockfiles", "agents")
+FLEET_PARTS = ("fleet.toml", "families", "machines", "services", "lockfiles", "agents", "security")
 # Set by the toolkit in every service image; a service's env cannot replace them (nor the profile's keys).
 SERVICE_ENV_NAMES = frozenset({"SERVICE_NAME", "SERVICE_PORT", "HEALTH_PORT"})
 DEFAULT_SUITES = (("bookworm", "3.11"), ("jammy", "3.10"), ("trixie", "3.13"))
@@ -267,8 +269,11 @@ def _read_locks(root: Path) -> tuple[dict[str, Lock], dict[str, str]]:
     return locks, faults
 
 
-def load_fleet(root: Path) -> Fleet:
-    """Read and validate the fleet under ``root``. Raises :class:`ConfigError` listing every problem."""
+def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
+    """Read and validate the fleet under ``root``. Raises :class:`ConfigError` listing every problem.
+
+    ``today`` (default: the UTC date) bounds the allowlist's expiry dates.
+    """
     root = root.resolve()
     c = Collector(root)
     settings, defaults = _read_settings(c)
@@ -286,6 +291,7 @@ def load_fleet(root: Path) -> Fleet:
         scripts=_read_scripts(c, families),
         locks=locks,
         lock_faults=lock_faults,
+        allowlist=read_allowlist(c, defined, today or dt.datetime.now(dt.UTC).date()),
     )
     _check_placement(c, fleet)
     c.raise_if_any()

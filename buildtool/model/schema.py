@@ -55,6 +55,9 @@ def _str(v: Any) -> tuple[Any, str | None]:
     return v, None
 
 
+single_line = _str  # for the readers of other files (the allowlist)
+
+
 def _bool(v: Any) -> tuple[Any, str | None]:
     return (v, None) if isinstance(v, bool) else (None, f"must be true or false, got {v!r}")
 
@@ -160,6 +163,8 @@ FAMILY_SCHEMA: dict[str, Checker] = {
     "vram_gb": _int(0, 1024),
     "group": pattern(NAME_RE, "a group name of lowercase letters, digits and '-'"),
     "builder": _any,
+    "vuln_policy": pattern(re.compile("enforce|warn"), 'a vulnerability policy: "enforce" or "warn"'),
+    "vuln_policy_reason": _str,
 }
 SERVICE_SCHEMA: dict[str, Checker] = {
     "family": _str,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from buildtool.core.errors import LockError
 from buildtool.core.names import image_slug
+from buildtool.model.allowlist import Allowlist
 from buildtool.model.locks import Lock
 from buildtool.model.sources import SourceTree
 
@@ -71,6 +72,7 @@ class Family:
     vram_gb: int
     group: str  # selection group for build_families: "cpu", "gpu", "legacy", ...
     builder: Builder | None = None
+    vuln_policy: str = "enforce"  # "warn": the gate reports this family's findings (and its children's) but fails nothing
 
     @property
     def has_python_deps(self) -> bool:
@@ -150,6 +152,7 @@ class Fleet:
     scripts: dict[str, bytes] = field(default_factory=dict)  # builder setup scripts by path, read once
     locks: dict[str, Lock] = field(default_factory=dict)  # lock files by path (lockfiles/...), read once
     lock_faults: dict[str, str] = field(default_factory=dict)  # lock files that exist but cannot be read: path -> why
+    allowlist: Allowlist = field(default_factory=Allowlist)  # security/allowlist.toml
 
     def lineage(self, family: str) -> list[Family]:
         """The family and its ancestors, root first."""

@@ -21,7 +21,8 @@ from buildtool.render.dockerfile import Rendered, render_family, render_service
 
 # Bump when the meaning of an identity changes (template semantics not visible in the text).
 # 2: locks count through the requirements files of the context only (a lock's comments rebuild nothing).
-IDENTITY_VERSION = "2"
+# 3: every image passes the structure checks (no setuid/setgid files); bootstrapped roots drop setuid bits.
+IDENTITY_VERSION = "3"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +39,7 @@ class Step:
     budget_mb: int
     smoke: tuple[SmokeCheck, ...]  # this family's checks and all its ancestors'
     health_port: int = 0  # services: where the HEALTHCHECK probes
+    lineage: tuple[str, ...] = ()  # the families the image is built on, root first (itself included)
     rendered: Rendered = field(repr=False, compare=False)
 
     @property
@@ -121,6 +123,7 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
         gpu=family.gpu,
         budget_mb=family.budget_mb,
         smoke=tuple(check for f in fleet.lineage(family.name) for check in f.smoke),
+        lineage=tuple(f.name for f in fleet.lineage(family.name)),
         rendered=rendered,
     )
 
@@ -152,6 +155,7 @@ def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Ste
         budget_mb=family.budget_mb,
         smoke=family_step.smoke,
         health_port=service.health_port,
+        lineage=family_step.lineage,
         rendered=rendered,
     )
 

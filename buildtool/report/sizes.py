@@ -38,6 +38,7 @@ class ImageSize:
     cuda_bytes: int | None = None  # GPU images: bytes of CUDA libraries in the final filesystem
     cuda_duplicates: dict[str, list[str]] = field(default_factory=dict)  # library -> paths, when >1
     packages: list[tuple[str, int]] = field(default_factory=list)  # biggest site-packages entries
+    security: dict = field(default_factory=dict)  # the gate's verdict and the SBOM: see security_summary
 
     @property
     def over_budget(self) -> bool:
@@ -125,7 +126,19 @@ def largest_packages(files: dict[str, int], top: int = 5) -> list[tuple[str, int
     return sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))[:top]
 
 
-def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
+def security_summary(result: object) -> dict[str, object]:
+    """What the report shows of an image's gate verdict and SBOM (empty when the run did not scan)."""
+    verdict, sbom = getattr(result, "verdict", None), getattr(result, "sbom", None)
+    out: dict[str, object] = {}
+    if verdict is not None:
+        out = {"status": verdict.status, "policy": verdict.policy, "db": verdict.db_version or "none", "counts": verdict.counts,
+               "allowlisted": len(verdict.allowlisted), "secrets": len(verdict.secrets)}  # fmt: skip
+    if sbom:
+        out["sbom"] = {"digest": sbom["digest"], "components": sbom["components"]}
+    return out
+
+
+def measure(plan: Plan, results: dict[str, object], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
     out = []
     for step in plan.steps:
         repo = repo_path(org, step.repository)
@@ -140,7 +153,7 @@ def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, 
             ImageSize(
                 repository=step.repository,
                 machine=step.machine or "any",
-                status=statuses.get(step.key, ""),
+                status=getattr(results.get(step.key), "status", ""),
                 compressed=sum(layer.size for layer in layers),
                 uncompressed=uncompressed,
                 budget_mb=step.budget_mb,
@@ -149,6 +162,7 @@ def measure(plan: Plan, statuses: dict[str, str], registry: Registry, org: str, 
                 cuda_bytes=cuda_bytes,
                 cuda_duplicates=dupes,
                 packages=largest_packages(files),
+                security=security_summary(results.get(step.key)),
             )
         )
     return out

@@ -21,16 +21,32 @@ def _delta(n: int | None) -> str:
     return "no prev" if n is None else f"{n / MB:+.1f}"  # no prev tag yet (first release)
 
 
+def security(s: ImageSize) -> str:
+    """The gate's verdict in a few words: status, vulnerabilities by severity, allowlisted, secrets."""
+    sec = s.security
+    if not sec.get("status"):
+        return "not scanned (gate off)"
+    counts = sec.get("counts", {})
+    found = " ".join(f"{k[0]}{counts[k]}" for k in ("CRITICAL", "HIGH", "MEDIUM", "LOW", "UNKNOWN") if counts.get(k)) or "0"
+    vulns = "vulns NOT SCANNED" if sec.get("db") == "none" else f"vulns {found}, {sec.get('allowlisted', 0)} allowlisted"
+    return f"{sec['status']}: {vulns}, secrets {sec.get('secrets', 0)}"
+
+
+def sbom(s: ImageSize) -> str:
+    info = s.security.get("sbom")
+    return f"{info['components']} components, {info['digest'][:19]}" if info else ""
+
+
 def markdown(sizes: list[ImageSize]) -> str:
     lines = [
-        "| image | machine | status | compressed MB | uncompressed MB | vs prev MB | budget MB | CUDA libs MB | largest layer |",
-        "|---|---|---|---:|---:|---:|---:|---:|---|",
+        "| image | machine | status | compressed MB | uncompressed MB | vs prev MB | budget MB | CUDA libs MB | security | SBOM | largest layer |",
+        "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for s in sizes:
         budget = f"{s.budget_mb}{' **OVER**' if s.over_budget else ''}"
         top = f"{_mb(s.largest[0].size)} MB `{s.largest[0].created_by[:50]}`" if s.largest else ""
         cuda = "" if s.cuda_bytes is None else _mb(s.cuda_bytes) + (" **DUPLICATES**" if s.cuda_duplicates else "")
-        cells = [s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, cuda, top]
+        cells = [s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, cuda, security(s), sbom(s), top]
         lines.append("| " + " | ".join(cells) + " |")
     for s in sizes:
         for name, paths in s.cuda_duplicates.items():
@@ -44,12 +60,12 @@ def markdown(sizes: list[ImageSize]) -> str:
 
 def table(sizes: list[ImageSize]) -> Table:
     t = Table(title="image sizes in MB (compressed: layer blobs in the registry)")
-    for col in ("image", "machine", "status", "compressed", "uncompressed", "vs prev", "budget", "CUDA libs"):
-        t.add_column(col, justify="left" if col in ("image", "machine", "status") else "right", no_wrap=True)
+    for col in ("image", "machine", "status", "compressed", "uncompressed", "vs prev", "budget", "CUDA libs", "security", "SBOM"):
+        t.add_column(col, justify="left" if col in ("image", "machine", "status", "security", "SBOM") else "right", no_wrap=True)
     for s in sizes:
         budget = f"[red]{s.budget_mb} OVER[/]" if s.over_budget else str(s.budget_mb)
         cuda = "" if s.cuda_bytes is None else _mb(s.cuda_bytes) + (" [red]DUPLICATES[/]" if s.cuda_duplicates else "")
-        t.add_row(s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, cuda)
+        t.add_row(s.repository, s.machine, s.status, _mb(s.compressed), _mb(s.uncompressed), _delta(s.delta), budget, cuda, security(s), sbom(s))
     return t
 
 

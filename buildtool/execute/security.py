@@ -1,0 +1,149 @@
+"""The gate's side of a step: scan an image, judge it, keep the result, attach its SBOM.
+
+Scan results are kept in the state dir per image digest and advisory database version
+(``security/<digest>.json``): an image is scanned once per database, so a no-op run scans nothing
+again, and a changed allowlist is applied to the kept reports without scanning.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from buildtool.adapters.files import atomic_write
+from buildtool.adapters.protocols import Registry
+from buildtool.adapters.registry import Manifest
+from buildtool.adapters.scanner import Database, Trivy
+from buildtool.core.errors import SecurityError
+from buildtool.execute.gate import Verdict, judge
+from buildtool.model.allowlist import FILE, Allowlist, Entry
+from buildtool.model.types import Fleet
+from buildtool.plan.plan import Plan
+from buildtool.settings import Settings
+
+SBOM_TYPE = "application/vnd.cyclonedx+json"
+NO_DB = "none"
+
+
+class Scanner(Protocol):
+    """What the gate needs of a scanner (:class:`buildtool.adapters.scanner.Trivy`)."""
+
+    def database(self, *, folder: Path | None, repository: str, now: dt.datetime) -> Database: ...
+
+    def scan(self, image: Path | str, out: Path, *, vulnerabilities: bool) -> dict: ...
+
+    def sbom(self, image: Path | str, out: Path) -> bytes: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Security:
+    """What the gate needs for a run: the scanner, the database in use, the allowlist and policies."""
+
+    scanner: Scanner
+    db_version: str  # "" when there is no advisory database: secrets only
+    allowlist: Allowlist
+    policy: str  # the run's: enforce or warn
+    warn_families: frozenset[str] = field(default_factory=frozenset)  # families that downgrade to warn
+    today: dt.date
+    state_dir: Path
+
+    def policy_for(self, lineage: tuple[str, ...]) -> str:
+        return "warn" if self.policy == "warn" or self.warn_families & set(lineage) else "enforce"
+
+    def _record_path(self, digest: str) -> Path:
+        return self.state_dir / "security" / f"{digest.replace(':', '-')}.json"
+
+    def record(self, digest: str) -> dict:
+        try:
+            return json.loads(self._record_path(digest).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def keep(self, digest: str, **fields: object) -> None:
+        record = self.record(digest)
+        for key, value in fields.items():
+            if key == "report":
+                record.setdefault("reports", {})[self.db_version or NO_DB] = value
+            else:
+                record[key] = value
+        atomic_write(self._record_path(digest), json.dumps(record, sort_keys=True))
+
+    def report(self, digest: str) -> dict | None:
+        """The kept scan report of ``digest`` for this run's database, if any."""
+        return self.record(digest).get("reports", {}).get(self.db_version or NO_DB)
+
+    def judge(self, report: dict, *, repository: str, digest: str, lineage: tuple[str, ...]) -> Verdict:
+        return judge(
+            report,
+            repository=repository,
+            digest=digest,
+            lineage=lineage,
+            allowlist=self.allowlist,
+            policy=self.policy_for(lineage),
+            db_version=self.db_version,
+            today=self.today,
+        )
+
+    def scan(self, image: Path | str, work: Path) -> dict:
+        return self.scanner.scan(image, work / "scan.json", vulnerabilities=bool(self.db_version))
+
+    def attach_sbom(self, registry: Registry, repo: str, subject: Manifest, sbom: bytes) -> dict[str, object]:
+        """Attach the SBOM to the image by digest; what the report shows of it."""
+        artifact = registry.attach(repo, subject, artifact_type=SBOM_TYPE, data=sbom, annotations={"org.opencontainers.image.title": "sbom.cdx.json"})
+        components = len(json.loads(sbom).get("components", []))
+        return {"digest": artifact.digest, "components": components}
+
+
+def expired_in_scope(allowlist: Allowlist, today: dt.date, plan_images: list[tuple[str, tuple[str, ...]]]) -> list[Entry]:
+    """Expired entries that could apply to this run's images (digest-scoped ones always could)."""
+    return [e for e in allowlist.expired(today) if e.scope == "digest" or any(e.covers(repo, "", lineage) for repo, lineage in plan_images)]
+
+
+def prepare(settings: Settings, fleet: Fleet, plan: Plan, *, scanner: Scanner | None = None) -> tuple[Security, list[str]]:
+    """The gate of a run, and notes for the user. Raises SecurityError when the gate cannot run as
+    configured: an expired allowlist entry in scope, or no advisory database under ``enforce``."""
+    images = [(s.repository, s.lineage) for s in plan.steps]
+    expired = expired_in_scope(fleet.allowlist, settings.today, images)
+    if expired:
+        lines = "\n".join(f"  - {FILE}: {e.where}: {e.id} ({e.target}) expired on {e.expires} (owner: {e.owner})" for e in expired)
+        raise SecurityError(f"allowlist entries in scope of this run have expired; fix the finding or renew the entry with a new date:\n{lines}")
+    scanner = scanner or Trivy(settings.state_dir / "trivy")
+    notes: list[str] = []
+    try:
+        db = scanner.database(folder=settings.trivy_db, repository=settings.trivy_db_repository, now=dt.datetime.now(dt.UTC))
+    except SecurityError as exc:
+        if settings.vuln_policy == "enforce":
+            raise
+        db = Database(version="", source="")
+        notes.append(f"the advisory database could not be obtained ({exc.message.splitlines()[0]}); images are scanned for secrets only")
+    if not db.version:
+        if settings.vuln_policy == "enforce":
+            raise SecurityError(
+                "--vuln-policy enforce needs an advisory database, and none is configured: set FLEET_TRIVY_DB to a prepared Trivy "
+                "database folder (db/trivy.db and db/metadata.json), or FLEET_TRIVY_DB_REPOSITORY to a repository to download it "
+                "from (Trivy's is ghcr.io/aquasecurity/trivy-db:2), or use --vuln-policy auto to build without one"
+            )
+        notes.append("NOT SCANNED for vulnerabilities: no advisory database is configured (FLEET_TRIVY_DB or FLEET_TRIVY_DB_REPOSITORY); secrets are scanned")
+    for e in fleet.allowlist.expiring(settings.today):
+        notes.append(f"{FILE}: {e.where}: {e.id} ({e.target}) expires on {e.expires}; review it (owner: {e.owner})")
+    security = Security(
+        scanner=scanner,
+        db_version=db.version,
+        allowlist=fleet.allowlist,
+        policy="warn" if settings.vuln_policy == "warn" else "enforce",
+        warn_families=frozenset(f.name for f in fleet.families.values() if f.vuln_policy == "warn"),
+        today=settings.today,
+        state_dir=settings.state_dir,
+    )
+    return security, notes
+
+
+def stale_entries(allowlist: Allowlist, verdicts: list[Verdict], plan_images: list[tuple[str, tuple[str, ...]]]) -> list[Entry]:
+    """Entries in scope of this run's scanned images that matched none of their findings."""
+    used = {u for v in verdicts for u in v.used}
+    scanned = {v.repository for v in verdicts}
+    in_scope = [e for e in allowlist.entries if any(e.covers(repo, "", lineage) for repo, lineage in plan_images if repo in scanned)]
+    return [e for e in in_scope if e.where not in used and (e.kind == "secret" or all(v.db_version for v in verdicts))]
