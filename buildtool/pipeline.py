@@ -21,14 +21,15 @@ from buildtool.adapters.registry import Registry as RegistryClient
 from buildtool.adapters.registry import is_loopback
 from buildtool.core.errors import BuildError, LockError
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
-from buildtool.execute.security import Scanner, stale_entries
+from buildtool.execute.gate import judge
+from buildtool.execute.security import DB_ANNOTATION, NO_DB, REPORT_TYPE, Scanner, registry_sbom, stale_entries
 from buildtool.execute.security import prepare as security_prepare
 from buildtool.locking.lock import verify
 from buildtool.locking.targets import targets
 from buildtool.model.allowlist import FILE
 from buildtool.model.types import Fleet
 from buildtool.plan.plan import Plan
-from buildtool.publish.release import Move, publish, release_tag
+from buildtool.publish.release import Move, Revision, publish, release_tag, revision
 from buildtool.report import sizes, tables
 from buildtool.settings import Settings
 
@@ -59,12 +60,14 @@ def prepare_state(settings: Settings) -> None:
     owned_dir(settings.state_dir, repo=settings.root, what="state dir (FLEET_STATE_DIR)")
 
 
-def bring_up(settings: Settings) -> RegistryClient:
-    """Engine and registry up (installed and started here when missing); the run's registry client."""
-    setup.ensure_engine(state_dir=settings.state_dir)
+def bring_up(settings: Settings, *, engine: bool = True) -> RegistryClient:
+    """Engine (unless not needed) and registry up, installed and started here when missing; the
+    run's registry client."""
+    if engine:
+        setup.ensure_engine(state_dir=settings.state_dir)
     if is_loopback(settings.registry):
         setup.ensure_registry(settings.registry, storage_dir=settings.registry_storage, state_dir=settings.state_dir)
-    return RegistryClient(settings.registry, token=settings.registry_token)
+    return RegistryClient(settings.registry, token=settings.registry_token, user=settings.registry_user)
 
 
 def build(
@@ -78,11 +81,15 @@ def build(
     bootstrap: Bootstrapper | None = None,
     scanner: Scanner | None = None,
     tag: str | None = None,
+    publish_tags: bool = True,
+    commit: Revision | None = None,
 ) -> Run:
-    """Build, verify and push the plan's images; publish release tags when every one succeeded.
+    """Build, verify, scan and push the plan's images by identity; then (``publish_tags``) move the
+    release tags when every one succeeded, and measure them.
 
     Raises LockError before anything starts when a lock of the plan is not what its inputs
-    make, and BuildError (no tag moved) when an image failed or was blocked.
+    make, SecurityError when the gate cannot run as configured, and BuildError (no tag moved)
+    when an image failed, failed the gate, or was blocked.
     """
     problems = verify(fleet, lock_names(fleet, plan))
     if problems:
@@ -97,10 +104,18 @@ def build(
     if bootstrap is None:
         from buildtool.adapters.bootstrap import bootstrap_rootfs as bootstrap
     security, notes = security_prepare(settings, fleet, plan, scanner=scanner) if settings.scan else (None, [])
-    tag = tag or release_tag(settings.root, settings.force_image_tag)
+    rev = commit or revision(settings.root)
+    tag = tag or release_tag(rev, (s.identity for s in plan.steps))
     started = time.monotonic()
     executor = Executor(
-        plan, settings=settings, engine=engine, registry=registry, progress=progress, bootstrap=bootstrap, revision=tag, security=security
+        plan,
+        settings=settings,
+        engine=engine,
+        registry=registry,
+        progress=progress,
+        bootstrap=bootstrap,
+        revision=rev.sha + ("-dirty" if rev.dirty else ""),
+        security=security,
     )
     results = executor.run()
     verdicts = [r.verdict for r in results if r.verdict]
@@ -116,7 +131,67 @@ def build(
     if failed:
         details = "\n".join(f"  - {r.repository}: {r.status}: {r.message}" for r in failed)
         raise BuildError(f"{len(failed)} of {len(results)} images did not build or pass their checks; no tag was moved:\n{details}")
+    if not publish_tags:
+        return Run(tag=tag, seconds=seconds, results=results, notes=notes)
     moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
     return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes)
+
+
+def release(
+    settings: Settings,
+    fleet: Fleet,
+    plan: Plan,
+    *,
+    registry: Registry | None = None,
+    tag: str | None = None,
+    report_only: bool = False,
+    commit: Revision | None = None,
+) -> Run:
+    """Publish images that earlier jobs built, verified, scanned and pushed by identity (CI's last
+    job), and report on them; ``report_only``: a job failed, so report what is there and move nothing.
+
+    Every image must be in the registry by its identity, with a passing (or warned) gate verdict
+    from the scan report kept beside it; otherwise no tag moves.
+    """
+    prepare_state(settings)
+    if registry is None:
+        registry = bring_up(settings, engine=False)
+    tag = tag or release_tag(commit or revision(settings.root), (s.identity for s in plan.steps))
+    results = [summarise(settings, fleet, registry, step) for step in plan.steps]
+    missing = [r for r in results if r.status != "cached"]
+    failed = [r for r in results if r.verdict is not None and r.verdict.failed]
+    moves: list[Move] = []
+    if not (report_only or missing or failed):
+        moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
+    measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
+    tables.write(measured, settings.state_dir)
+    run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured)
+    if missing or failed:
+        lines = [f"  - {r.repository}: {r.message}" for r in missing + failed]
+        raise BuildError(f"{len(missing) + len(failed)} of {len(results)} images cannot be released; no tag was moved:\n" + "\n".join(lines), run=run)
+    if report_only:
+        raise BuildError("a job of this run failed: its images were reported, and no tag was moved", run=run)
+    return run
+
+
+def summarise(settings: Settings, fleet: Fleet, registry: Registry, step) -> Result:
+    """An image as the registry holds it: present by identity, its gate verdict and its SBOM."""
+    repo = settings.ref(step.repository).path
+    digest = registry.digest(repo, step.id_tag)
+    if not digest:
+        return Result(key=step.key, repository=step.repository, status="missing", message=f"{repo}:{step.id_tag} is not in the registry")
+    verdict = None
+    for ref in registry.referrers(repo, digest, REPORT_TYPE):
+        db = ref.get("annotations", {}).get(DB_ANNOTATION, NO_DB)
+        manifest = registry.manifest(repo, ref["digest"])
+        data = registry.blob(repo, manifest.data["layers"][0]["digest"]) if manifest else None
+        if data:
+            lineage = step.lineage
+            policy = "warn" if settings.vuln_policy == "warn" or any(fleet.families[f].vuln_policy == "warn" for f in lineage) else "enforce"
+            verdict = judge(json.loads(data), repository=step.repository, digest=digest, lineage=lineage, allowlist=fleet.allowlist,
+                            policy=policy, db_version="" if db == NO_DB else db, today=settings.today)  # fmt: skip
+    message = verdict.summary() if verdict and verdict.failed else ""
+    return Result(key=step.key, repository=step.repository, status="cached", digest=digest, verdict=verdict,
+                  sbom=registry_sbom(registry, repo, digest), message=message)  # fmt: skip

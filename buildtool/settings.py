@@ -8,7 +8,8 @@ command line builds one from the process environment.
 =========================  ==========================================================
 FLEET_REGISTRY             registry host[:port] (flag ``--registry``)
 FLEET_ORG                  organisation below the registry (flag ``--org``)
-FLEET_REGISTRY_TOKEN       bearer token for the registry
+FLEET_REGISTRY_USER        user name for the registry's Basic auth or token exchange (default: fleet)
+FLEET_REGISTRY_TOKEN       password or token for it (ghcr.io: GITHUB_TOKEN)
 FLEET_STATE_DIR            state dir: contexts, logs, root filesystems, reports
 FLEET_REGISTRY_STORAGE     storage of a local registry the toolkit starts
 FLEET_PIP_CA               CA bundle for pip inside builds (BuildKit secret ``pip_ca``)
@@ -50,6 +51,7 @@ class Settings:
     registry: str
     org: str
     registry_token: str | None
+    registry_user: str
     state_dir: Path
     registry_storage: Path
     ca_bundle: Path  # reaches builds only as the BuildKit secret "pip_ca"
@@ -101,7 +103,7 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
     force = pick("force_image_tag", "FORCE_IMAGE_TAG", "", IMAGE_TAG_RE, "an image tag")
     policy = pick("vuln_policy", "FLEET_VULN_POLICY", "auto", re.compile("auto|enforce|warn"), "a policy: auto, enforce or warn")
     db_repo = pick("trivy_db_repository", "FLEET_TRIVY_DB_REPOSITORY", "", IMAGE_RE, "an image reference like ghcr.io/aquasecurity/trivy-db:2")
-    for var in ("FLEET_REGISTRY_TOKEN", PIP_INDEX_VAR):
+    for var in ("FLEET_REGISTRY_TOKEN", "FLEET_REGISTRY_USER", PIP_INDEX_VAR):
         if CONTROL.search(env.get(var, "")):
             problems.append(Problem(file="environment", key=var, message=f"holds a line break or control character (value not shown); fix or unset {var}"))
     if problems:
@@ -111,6 +113,7 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
         registry=registry,
         org=org,
         registry_token=env.get("FLEET_REGISTRY_TOKEN") or None,
+        registry_user=env.get("FLEET_REGISTRY_USER") or "fleet",
         state_dir=Path(env.get("FLEET_STATE_DIR") or fleet.root / str(d["state_dir"])),
         registry_storage=Path(env.get("FLEET_REGISTRY_STORAGE") or str(d["registry_storage"])),
         ca_bundle=Path(env.get("FLEET_PIP_CA") or str(d["ca_bundle"])),

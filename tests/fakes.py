@@ -29,7 +29,7 @@ class FakeRegistry:
         self.tags[(repo, tag)] = m
         return m
 
-    def digest(self, repo: str, ref: str) -> str | None:
+    def digest(self, repo: str, ref: str, *, fresh: bool = False) -> str | None:
         self.requests += 1
         m = self.tags.get((repo, ref))
         return m.digest if m else None
@@ -59,9 +59,14 @@ class FakeRegistry:
 
     def attach(self, repo: str, subject: Manifest, *, artifact_type: str, data: bytes, annotations: dict[str, str] | None = None) -> Manifest:
         self.requests += 1
-        self.blobs[hashlib.sha256(data).hexdigest()] = data
-        artifact = self.add(repo, f"sha256-{subject.digest[7:]}.{artifact_type}", data.decode(errors="replace"))
-        self.referrer_list.setdefault((repo, subject.digest), []).append({"digest": artifact.digest, "artifactType": artifact_type})
+        blob = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.blobs[blob] = data
+        body = json.dumps({"mediaType": OCI_MANIFEST, "artifactType": artifact_type, "layers": [{"digest": blob, "size": len(data)}],
+                           "subject": subject.descriptor()}).encode()  # fmt: skip
+        artifact = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type=OCI_MANIFEST, body=body)
+        self.tags[(repo, artifact.digest)] = artifact
+        entry = {"digest": artifact.digest, "artifactType": artifact_type, "annotations": dict(annotations or {})}
+        self.referrer_list.setdefault((repo, subject.digest), []).append(entry)
         return artifact
 
     def referrers(self, repo: str, subject_digest: str, artifact_type: str = "") -> list[dict]:
@@ -70,7 +75,7 @@ class FakeRegistry:
 
     def blob(self, repo: str, digest: str) -> bytes | None:
         self.requests += 1
-        return self.blobs.get(digest.removeprefix("sha256:"))
+        return self.blobs.get(digest)
 
 
 class FakeEngine:

@@ -27,6 +27,7 @@ RANKS = {
     "report": 7,
     "pipeline": 8,
     "bake": 9,
+    "ci": 9,
     "bench": 10,
     "cli": 11,
     "__main__": 12,
@@ -144,3 +145,19 @@ def test_real_adapters_implement_the_protocols() -> None:
         for name, value in vars(protocol).items():
             if callable(value) and not name.startswith("_"):
                 assert list(inspect.signature(getattr(real, name)).parameters) == list(inspect.signature(value).parameters), (real, name)
+
+
+def test_the_tool_lock_holds_every_dependency() -> None:
+    """pyproject's dependencies are pinned in requirements/toolkit.in, which toolkit.txt locks with hashes."""
+    import re
+    import tomllib
+
+    root = PACKAGE.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (root / "requirements" / "toolkit.in").read_text(), re.M))
+    locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\", (root / "requirements" / "toolkit.txt").read_text(), re.M))
+    for req in wanted:
+        name = re.split(r"[=<>!~ ]", req, maxsplit=1)[0]
+        assert name in pins, f"{name} (pyproject.toml) is not pinned in requirements/toolkit.in"
+    assert all(locked.get(n.lower(), locked.get(n)) == v for n, v in pins.items()), "requirements/toolkit.txt is stale: nox -s lock_tools"

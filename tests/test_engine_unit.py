@@ -48,3 +48,13 @@ def test_failed_engine_check_counts_as_no_engine(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(engine.host, "run", failing)
     assert engine._engine_ok() is None
+
+
+def test_root_commands_go_through_sudo_for_a_runner_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hosted CI runner's user is not root but has passwordless sudo: mmdebstrap and apt run through it."""
+    from buildtool.adapters import host
+
+    monkeypatch.setattr(host.os, "geteuid", lambda: 1001)
+    assert host.as_root(["mmdebstrap", "jammy"], {"SOURCE_DATE_EPOCH": "1"}) == ["sudo", "-n", "env", "SOURCE_DATE_EPOCH=1", "mmdebstrap", "jammy"]
+    monkeypatch.setattr(host.os, "geteuid", lambda: 0)
+    assert host.as_root(["apt-get", "update"]) == ["apt-get", "update"]

@@ -18,9 +18,11 @@ from buildtool.execute.gate import judge
 from buildtool.model.allowlist import Allowlist, Entry
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
+from buildtool.publish.release import Revision
 from tests.fakes import FakeEngine, FakeRegistry, QuietProgress
 
 TODAY = dt.date(2026, 11, 23)
+COMMIT = Revision(sha="abc1234", date=TODAY, dirty=False)
 STARLETTE = {"VulnerabilityID": "CVE-2024-47874", "PkgName": "starlette", "InstalledVersion": "0.38.6", "FixedVersion": "0.40.0",
              "Severity": "HIGH", "Title": "Starlette DoS via multipart/form-data"}  # fmt: skip
 TORCH = {"VulnerabilityID": "CVE-2025-32434", "PkgName": "torch", "InstalledVersion": "2.2.2", "FixedVersion": "2.6.0", "Severity": "CRITICAL"}
@@ -175,7 +177,7 @@ def gate_run(fleet_dir: Path, tmp_path: Path, scanner: FakeScanner, registry: Fa
     plan = make_plan(fleet, services=["ServiceRegistry"])
     write_rootfs = lambda *, out, **kw: (out.write_bytes(b"rootfs"), out)[1]  # noqa: E731
     run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs,
-                         scanner=scanner, tag="r1")  # fmt: skip
+                         scanner=scanner, tag="r1", commit=COMMIT)  # fmt: skip
     return run, registry
 
 

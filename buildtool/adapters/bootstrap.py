@@ -10,6 +10,7 @@ the same archive content give the same tar bytes.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -87,7 +88,10 @@ def bootstrap_rootfs(*, suite: str, packages: list[str], out: Path, source_date_
     log.info("bootstrapping %s with %s", suite, ", ".join(sorted(packages)))
     started = time.monotonic()
     argv = mmdebstrap_argv(suite=suite, packages=sorted(packages), out=partial, variant=variant)
-    host.run(argv, env={"SOURCE_DATE_EPOCH": str(source_date_epoch)}, timeout=1800)
+    env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)}
+    host.run(host.as_root(argv, env), env=env, timeout=1800)  # --mode=root: through sudo for a CI runner's user
+    if os.geteuid() != 0:  # the tarball is root's; the build context hard-links it
+        host.run(host.as_root(["chown", f"{os.getuid()}:{os.getgid()}", str(partial)]))
     sidecar.unlink(missing_ok=True)
     partial.replace(out)
     atomic_write(sidecar, digest + "\n")

@@ -73,3 +73,24 @@ def start_detached(argv: list[str], logfile: Path) -> Daemon:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     _daemons.append(proc)
     return proc
+
+
+_sudo: bool | None = None
+
+
+def can_be_root() -> bool:
+    """Root already, or passwordless sudo (a hosted CI runner's user)."""
+    global _sudo
+    if os.geteuid() == 0:
+        return True
+    if _sudo is None:
+        _sudo = shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], capture_output=True, check=False).returncode == 0
+    return _sudo
+
+
+def as_root(argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """``argv`` to run as root: as it is for root, through ``sudo -n env VAR=...`` otherwise
+    (sudo resets the environment, so the variables the command needs are passed explicitly)."""
+    if os.geteuid() == 0:
+        return list(argv)
+    return ["sudo", "-n", "env", *(f"{k}={v}" for k, v in (env or {}).items()), *argv]

@@ -180,9 +180,10 @@ class Registry:
                     self._remember(repo, ref, Manifest(digest=resp.headers.get("Docker-Content-Digest") or digest_of(body), media_type=media_type, body=body))
         return self._manifests[key]
 
-    def digest(self, repo: str, ref: str) -> str | None:
-        """The digest behind ``repo:ref``, or None; a manifest already fetched answers without a request."""
-        if (repo, ref) in self._manifests:
+    def digest(self, repo: str, ref: str, *, fresh: bool = False) -> str | None:
+        """The digest behind ``repo:ref``, or None; a manifest already fetched answers without a
+        request unless ``fresh`` (a tag another client may have moved)."""
+        if (repo, ref) in self._manifests and not fresh:
             m = self._manifests[(repo, ref)]
             return m.digest if m else None
         resp = self._request("HEAD", f"{repo}/manifests/{ref}", headers={"Accept": MANIFEST_TYPES}, scope=self._scope(repo))

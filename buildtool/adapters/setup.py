@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +56,8 @@ def is_debian() -> bool:
 
 
 def can_install() -> bool:
-    """True where this process may install packages itself: Debian, as root."""
-    return is_debian() and os.geteuid() == 0
+    """True where this process may install packages itself: Debian, as root or with passwordless sudo."""
+    return is_debian() and host.can_be_root()
 
 
 def _installed(package: str) -> bool:
@@ -94,18 +93,16 @@ def ensure_host_packages(packages: list[str], *, apt_target_release: str | None 
         )
     _apt_update()
     log.info("installing %s", " ".join(names))
-    host.run(
-        ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends", *names],
-        env={"DEBIAN_FRONTEND": "noninteractive"},
-        timeout=1800,
-    )
+    env = {"DEBIAN_FRONTEND": "noninteractive"}
+    argv = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "-qq", "--no-install-recommends", *names]
+    host.run(host.as_root(argv, env), env=env, timeout=1800)
 
 
 def _apt_update() -> None:
     global _apt_updated
     if not _apt_updated:
         log.info("apt-get update")
-        host.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq"], timeout=900)
+        host.run(host.as_root(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-qq"]), timeout=900)
         _apt_updated = True
 
 

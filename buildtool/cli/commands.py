@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from buildtool import pipeline, settings
 from buildtool.cli.console import console, step_summary
-from buildtool.core.errors import LockError, UsageError
+from buildtool.core.errors import BuildError, LockError, UsageError
 from buildtool.locking import lock as locking
 from buildtool.model.load import load_fleet
 from buildtool.model.types import Fleet
@@ -31,8 +32,27 @@ def settings_of(args: argparse.Namespace, fleet: Fleet) -> settings.Settings:
 
 
 def plan_of(fleet: Fleet, args: argparse.Namespace, *, default_group: str | None = None) -> Plan:
-    groups = args.group or ([default_group] if default_group and not (args.family or args.services or args.all) else [])
-    return make_plan(fleet, machines=args.machine, families=args.family, groups=groups, services=args.services, all_services=args.all)
+    """The selected images. ``--within-groups`` keeps families and services of those groups only;
+    ``--skip-unplaced`` drops named services that run on none of the selected machines (CI's
+    per-machine jobs): both may leave nothing to do, an empty plan."""
+    within = sorted({g for g in re.split(r"[\s,]+", getattr(args, "within_groups", None) or "") if g})
+    skip = getattr(args, "skip_unplaced", False)
+    if not (within or skip):
+        groups = args.group or ([default_group] if default_group and not (args.family or args.services or args.all) else [])
+        return make_plan(fleet, machines=args.machine, families=args.family, groups=groups, services=args.services, all_services=args.all)
+    services = list(fleet.services) if args.all else list(args.services)
+    unknown = [s for s in services if s not in fleet.services]
+    if unknown:  # reported by make_plan with its did-you-mean
+        return make_plan(fleet, services=unknown)
+    machines = args.machine or list(fleet.machines)
+    if within:
+        services = [s for s in services if fleet.families[fleet.services[s].family].group in within]
+    if skip:
+        services = [s for s in services if set(fleet.services[s].machines) & set(machines)]
+    groups = list(args.group) or ([g for g in within if g in {f.group for f in fleet.families.values()}] if not args.family else [])
+    if not (services or groups or args.family):
+        return Plan(steps=(), machines=tuple(machines))
+    return make_plan(fleet, machines=args.machine, families=args.family, groups=groups, services=services)
 
 
 def out_dir(args: argparse.Namespace, fleet: Fleet, default: str, what: str) -> Path:
@@ -104,18 +124,39 @@ def build(args: argparse.Namespace) -> int:
 
     fleet = fleet_of(args)
     the_plan = plan_of(fleet, args, default_group="cpu" if args.families_only else None)
+    if not the_plan.steps:
+        console.print("nothing to build for this selection")
+        return 0
     run_settings = settings_of(args, fleet)
     rows = ((s.key, s.repository + (f" ({s.machine})" if s.machine else "")) for s in the_plan.steps)
     with Progress(rows) as progress:
-        run = pipeline.build(run_settings, fleet, the_plan, progress=progress)
+        run = pipeline.build(run_settings, fleet, the_plan, progress=progress, publish_tags=not args.no_publish)
     built = run.count("built")
     console.print(f"{len(run.results)} images in {run.seconds:.1f}s: {built} built, {run.count('cached')} unchanged (identity already in the registry)")
     if built == 0:
         console.print("nothing changed: nothing was built")
-    console.print(f"published {run.tag}: {len(run.moves)} tag(s) written")
-    show_sizes(run.sizes)
+    if args.no_publish:
+        console.print(f"pushed by identity only; release {run.tag} is the publish step's")
+    else:
+        console.print(f"published {run.tag}: {len(run.moves)} tag(s) written")
+        show_sizes(run.sizes)
     for note in run.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    return 0
+
+
+def publish(args: argparse.Namespace) -> int:
+    """Release images the CI jobs pushed by identity; report on them (also when a job failed)."""
+    fleet = fleet_of(args)
+    the_plan = plan_of(fleet, args)
+    try:
+        run = pipeline.release(settings_of(args, fleet), fleet, the_plan, report_only=args.report_only)
+    except BuildError as exc:
+        if exc.run is not None:
+            show_sizes(exc.run.sizes)
+        raise
+    console.print(f"published {run.tag}: {len(run.moves)} tag(s) written")
+    show_sizes(run.sizes)
     return 0
 
 
@@ -192,13 +233,21 @@ def rollback(args: argparse.Namespace) -> int:
     return 0
 
 
-def matrix(args: argparse.Namespace) -> int:
-    """The GitHub Actions matrix: one entry per family group x machine that has something to build."""
+def workflow(args: argparse.Namespace) -> int:
+    """Write the CI workflow from the plan, or (``--check``) fail when the committed one differs."""
+    from buildtool.adapters.files import atomic_write, inside_repo
+    from buildtool.ci import workflow as generated
+
     fleet = fleet_of(args)
-    include = []
-    for group in sorted({f.group for f in fleet.families.values()}):
-        for machine in fleet.machines:
-            the_plan = make_plan(fleet, machines=[machine], groups=[group])
-            include.append({"group": group, "machine": machine, "images": len(the_plan.steps)})
-    print(json.dumps({"include": include}))
+    text = generated.render(fleet)
+    path = fleet.root / generated.PATH
+    current = path.read_text() if path.is_file() else ""
+    if args.check:
+        if current != text:
+            raise UsageError(f"{generated.PATH} is not what the build plan generates; run `nox -s workflow` and commit it")
+        console.print(f"{generated.PATH} matches the build plan")
+        return 0
+    if current != text:
+        atomic_write(inside_repo(fleet.root, generated.PATH), text)
+    console.print(f"wrote {generated.PATH} ({text.count(chr(10) + '  level-')} family levels)")
     return 0

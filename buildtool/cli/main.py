@@ -39,6 +39,8 @@ def _selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", action="append", default=[], help="families of this group: cpu, gpu, legacy (repeatable)")
     p.add_argument("--gpu", dest="group", action="append_const", const="gpu", help="same as --group gpu")
     p.add_argument("--all", action="store_true", help="every service")
+    p.add_argument("--within-groups", metavar="GROUPS", help="only families and services of these groups (space or comma separated)")
+    p.add_argument("--skip-unplaced", action="store_true", help="leave out named services that run on none of the selected machines")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--families-only", action="store_true", help="families only (default group: cpu)")
     p.add_argument("--jobs", type=int, help="images built at once (default: 2)")
     p.add_argument("--vuln-policy", choices=("auto", "enforce", "warn"), help="the gate's policy (default: FLEET_VULN_POLICY, then auto)")
+    p.add_argument("--no-publish", action="store_true", help="push by identity only; the release is a later `publish` (CI's last job)")
     p.set_defaults(func=commands.build)
+
+    p = sub.add_parser("publish", help="release images pushed by identity (CI's last job), and report on them")
+    _selection(p)
+    p.add_argument("--report-only", action="store_true", help="a job failed: report, move no tag, exit non-zero")
+    p.set_defaults(func=commands.publish)
 
     p = sub.add_parser("bake", help="write the plan as a docker-bake.json")
     _selection(p)
@@ -87,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(p)
     p.set_defaults(func=commands.rollback)
 
-    sub.add_parser("matrix", help="print the CI matrix (family group x machine) as JSON").set_defaults(func=commands.matrix)
+    p = sub.add_parser("workflow", help="write .github/workflows/build.yml from the build plan")
+    p.add_argument("--check", action="store_true", help="fail when the committed workflow differs from the generated one")
+    p.set_defaults(func=commands.workflow)
 
     p = sub.add_parser("plan", help="print the build plan")
     _selection(p)

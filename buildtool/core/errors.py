@@ -81,9 +81,14 @@ class EngineError(ToolError):
 
 
 class BuildError(ToolError):
-    """An image failed to build or failed its checks; nothing was published."""
+    """An image failed to build or failed its checks; nothing was published. ``run``: what the
+    run did get to (for its report)."""
 
     exit_code = 8
+
+    def __init__(self, message: str, *, run: object = None) -> None:
+        super().__init__(message)
+        self.run = run
 
 
 class OutputError(ToolError):
@@ -97,6 +102,13 @@ class SecurityError(ToolError):
     expired allowlist entry, a scanner failure)."""
 
     exit_code = 12
+
+
+class ReleaseError(ToolError):
+    """Publishing would break a release: a release tag that already names other images, or
+    ``latest`` moved by another publish meanwhile."""
+
+    exit_code = 13
 
 
 class VerifyError(BuildError):

@@ -22,7 +22,7 @@ from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core.errors import BuildError, CommandError, ToolError, VerifyError
 from buildtool.core.hashing import sha256_json
 from buildtool.execute.gate import Verdict
-from buildtool.execute.security import Security
+from buildtool.execute.security import Security, registry_sbom
 from buildtool.plan.plan import Plan, Step
 from buildtool.settings import Settings
 
@@ -198,6 +198,7 @@ class Executor:
             manifest = self.registry.manifest(repo, digest)
             assert manifest is not None
             self._sboms[step.key] = self.security.attach_sbom(self.registry, repo, manifest, sbom)
+            self.security.attach_report(self.registry, repo, manifest, report)
             self.security.keep(digest, report=report, sbom=self._sboms[step.key])
         return "built", digest
 
@@ -226,9 +227,14 @@ class Executor:
         assert self.security is not None
         report = self.security.report(digest)
         if report is None:
-            self.progress.update(step.key, "scanning")
-            report = self.security.scan(str(self.settings.ref(step.repository, digest=digest)), self._work(step))
-            self.security.keep(digest, report=report)
+            report = self.security.registry_report(self.registry, repo, digest)
+            if report is None:
+                self.progress.update(step.key, "scanning")
+                report = self.security.scan(str(self.settings.ref(step.repository, digest=digest)), self._work(step))
+                manifest = self.registry.manifest(repo, digest)
+                if manifest is not None:
+                    self.security.attach_report(self.registry, repo, manifest, report)
+            self.security.keep(digest, report=report, sbom=registry_sbom(self.registry, repo, digest))
         self._sboms[step.key] = self.security.record(digest).get("sbom")
         self._decide(step, report, digest)
 

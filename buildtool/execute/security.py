@@ -25,6 +25,8 @@ from buildtool.plan.plan import Plan
 from buildtool.settings import Settings
 
 SBOM_TYPE = "application/vnd.cyclonedx+json"
+REPORT_TYPE = "application/vnd.fleet.trivy-report+json"
+DB_ANNOTATION = "fleet.scan.db-version"
 NO_DB = "none"
 
 
@@ -90,6 +92,22 @@ class Security:
     def scan(self, image: Path | str, work: Path) -> dict:
         return self.scanner.scan(image, work / "scan.json", vulnerabilities=bool(self.db_version))
 
+    def attach_report(self, registry: Registry, repo: str, subject: Manifest, report: dict) -> None:
+        """Keep the scan report in the registry too, beside the image: other machines (CI's later
+        jobs, the publish job) read it instead of scanning again."""
+        data = json.dumps(report, sort_keys=True).encode()
+        registry.attach(repo, subject, artifact_type=REPORT_TYPE, data=data, annotations={DB_ANNOTATION: self.db_version or NO_DB})
+
+    def registry_report(self, registry: Registry, repo: str, digest: str) -> dict | None:
+        """The scan report kept in the registry for ``digest`` and this run's database, if any."""
+        for ref in registry.referrers(repo, digest, REPORT_TYPE):
+            if ref.get("annotations", {}).get(DB_ANNOTATION) == (self.db_version or NO_DB):
+                manifest = registry.manifest(repo, ref["digest"])
+                data = registry.blob(repo, manifest.data["layers"][0]["digest"]) if manifest else None
+                if data:
+                    return json.loads(data)
+        return None
+
     def attach_sbom(self, registry: Registry, repo: str, subject: Manifest, sbom: bytes) -> dict[str, object]:
         """Attach the SBOM to the image by digest; what the report shows of it."""
         artifact = registry.attach(repo, subject, artifact_type=SBOM_TYPE, data=sbom, annotations={"org.opencontainers.image.title": "sbom.cdx.json"})
@@ -147,3 +165,13 @@ def stale_entries(allowlist: Allowlist, verdicts: list[Verdict], plan_images: li
     scanned = {v.repository for v in verdicts}
     in_scope = [e for e in allowlist.entries if any(e.covers(repo, "", lineage) for repo, lineage in plan_images if repo in scanned)]
     return [e for e in in_scope if e.where not in used and (e.kind == "secret" or all(v.db_version for v in verdicts))]
+
+
+def registry_sbom(registry: Registry, repo: str, digest: str) -> dict[str, object] | None:
+    """Digest and component count of the SBOM attached to ``digest``, if one is."""
+    for ref in registry.referrers(repo, digest, SBOM_TYPE):
+        manifest = registry.manifest(repo, ref["digest"])
+        data = registry.blob(repo, manifest.data["layers"][0]["digest"]) if manifest else None
+        if data:
+            return {"digest": ref["digest"], "components": len(json.loads(data).get("components", []))}
+    return None

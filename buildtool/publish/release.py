@@ -2,9 +2,14 @@
 
 Each image repository carries:
   id-<identity>      content tag, pushed when the image is built and verified (never moves)
-  YYYYMMDD-GITSHA    the release of one run (FORCE_IMAGE_TAG replaces the name)
+  YYYYMMDD-GITSHA    the release of a commit (its commit date); immutable once written
   latest             the current release
   prev               the release before it, for rollback
+
+A release tag names the commit, so every run of that commit (each CI job, a rerun) computes the
+same one; a tree with uncommitted changes gets ``-dirty-<hash of the images>``. A release tag is
+never moved: a run that would point one at another digest publishes nothing. FORCE_IMAGE_TAG
+names a release that ``rollback`` (and deployment) points ``latest`` at; it never renames one.
 """
 
 from __future__ import annotations
@@ -17,27 +22,36 @@ from pathlib import Path
 from buildtool.adapters import host
 from buildtool.adapters.protocols import Registry
 from buildtool.adapters.registry import Manifest
-from buildtool.core.errors import CommandError, EngineError, MissingToolError, UsageError
+from buildtool.core.errors import CommandError, EngineError, MissingToolError, ReleaseError, UsageError
+from buildtool.core.hashing import sha256_json
 from buildtool.core.refs import repo_path
 
 CURRENT = "latest"
 PREVIOUS = "prev"
 
 
-def git_sha(root: Path) -> str:
+@dataclass(frozen=True, kw_only=True)
+class Revision:
+    """The commit a run builds."""
+
+    sha: str  # abbreviated, or "nogit"
+    date: dt.date  # the commit's date (UTC)
+    dirty: bool  # tracked files differ from the commit
+
+
+def revision(root: Path) -> Revision:
     try:
-        sha = host.run(["git", "rev-parse", "--short=7", "HEAD"], cwd=root).stdout.strip()
-        dirty = host.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root).stdout.strip()
-    except (CommandError, MissingToolError):
-        return "nogit"
-    return f"{sha}-dirty" if dirty else sha
+        sha, stamp = host.run(["git", "log", "-1", "--format=%h %ct", "--abbrev=7"], cwd=root).stdout.split()
+        dirty = bool(host.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root).stdout.strip())
+    except (CommandError, MissingToolError, ValueError, OSError):
+        return Revision(sha="nogit", date=dt.datetime.now(dt.UTC).date(), dirty=True)
+    return Revision(sha=sha, date=dt.datetime.fromtimestamp(int(stamp), dt.UTC).date(), dirty=dirty)
 
 
-def release_tag(root: Path, forced: str = "", today: dt.date | None = None) -> str:
-    if forced:
-        return forced
-    today = today or dt.datetime.now(dt.UTC).date()
-    return f"{today:%Y%m%d}-{git_sha(root)}"
+def release_tag(rev: Revision, identities: Iterable[str]) -> str:
+    """``YYYYMMDD-GITSHA`` of the commit; a dirty tree adds a hash of what is released."""
+    tag = f"{rev.date:%Y%m%d}-{rev.sha}"
+    return f"{tag}-dirty-{sha256_json(sorted(identities))[:8]}" if rev.dirty else tag
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,23 +64,35 @@ class Move:
 def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -> list[Move]:
     """Point ``tag`` and ``latest`` at each image's digest; the old ``latest`` becomes ``prev``.
 
-    ``images`` maps repository -> id tag. Every manifest is read before any tag moves, so a
-    registry problem found while reading leaves all tags where they were.
+    ``images`` maps repository -> id tag. Every manifest is read before any tag moves: a missing
+    image, or a release tag ``tag`` that already points elsewhere, leaves all tags where they
+    were. Just before ``latest`` moves it is read again; if another publish moved it meanwhile,
+    this one stops there.
     """
-    staged: list[tuple[str, Manifest, Manifest | None]] = []
+    staged: list[tuple[str, Manifest, Manifest | None, Manifest | None]] = []
+    clashes: list[str] = []
     for repo, id_tag in images.items():
         name = repo_path(org, repo)
         new = registry.manifest(name, id_tag)
         if new is None:
             raise EngineError(f"{name}:{id_tag} is not in the registry; nothing was published")
-        staged.append((repo, new, registry.manifest(name, CURRENT)))
+        released = registry.manifest(name, tag)
+        if released is not None and released.digest != new.digest:
+            clashes.append(f"{name}:{tag} is {released.digest}, not {new.digest}")
+        staged.append((repo, new, released, registry.manifest(name, CURRENT)))
+    if clashes:
+        lines = "\n".join(f"  - {c}" for c in clashes)
+        raise ReleaseError(f"release tags are immutable and {tag} already names other images; nothing was published:\n{lines}")
     moves: list[Move] = []
-    for repo, new, current in staged:
+    for repo, new, released, current in staged:
         name = repo_path(org, repo)
-        registry.put_manifest(name, tag, new)
-        moves.append(Move(repository=repo, tag=tag, digest=new.digest))
+        if released is None:
+            registry.put_manifest(name, tag, new)
+            moves.append(Move(repository=repo, tag=tag, digest=new.digest))
         if current is not None and current.digest == new.digest:
             continue  # already the current release
+        if registry.digest(name, CURRENT, fresh=True) != (current.digest if current else None):
+            raise ReleaseError(f"{name}:{CURRENT} was moved by another publish while this one ran; it stopped after {len(moves)} tag move(s)")
         if current is not None:
             registry.put_manifest(name, PREVIOUS, current)
             moves.append(Move(repository=repo, tag=PREVIOUS, digest=current.digest))

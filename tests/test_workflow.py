@@ -1,0 +1,77 @@
+"""The CI workflow is generated from the plan: committed as generated, following the family tree."""
+
+from __future__ import annotations
+
+import re
+
+from ruamel.yaml import YAML
+
+from buildtool.ci import workflow
+from buildtool.model.load import load_fleet
+from buildtool.plan.plan import make_plan
+from tests import memory
+from tests.conftest import REPO
+
+
+def parsed(text: str) -> dict:
+    return YAML(typ="safe").load(text)
+
+
+def test_the_committed_workflow_is_the_generated_one() -> None:
+    assert (REPO / workflow.PATH).read_text() == workflow.render(load_fleet(REPO)), "run `nox -s workflow`"
+
+
+def test_jobs_follow_the_family_tree_and_publish_comes_last() -> None:
+    fleet = load_fleet(REPO)
+    jobs = parsed(workflow.render(fleet))["jobs"]
+    levels = sorted((k for k in jobs if k.startswith("level-")), key=lambda k: int(k.split("-")[1]))
+    plan = make_plan(fleet, all_families=True)
+    level_of: dict[str, int] = {}
+    for job in levels:
+        for leg in jobs[job]["strategy"]["matrix"]["include"]:
+            step = next(s for s in plan.steps if s.name == leg["family"] and (s.machine or "") == leg["machine"])
+            level_of[step.key] = int(job.split("-")[1])
+    assert set(level_of) == {s.key for s in plan.steps}  # every family image, each once
+    for step in plan.steps:
+        if step.parent:
+            assert level_of[step.parent] < level_of[step.key], step.key
+    for i, job in enumerate(levels):
+        assert jobs[job]["needs"] == (["test"] if i == 0 else [levels[i - 1]])
+    assert jobs["services"]["needs"] == [levels[-1]]
+    assert {leg["machine"] for leg in jobs["services"]["strategy"]["matrix"]["include"]} == {"mainpc", "pc2"}
+    assert jobs["publish"]["needs"] == ["test", *levels, "services"]
+    assert jobs["publish"]["if"].startswith("${{ always()")
+
+
+def test_only_the_publish_job_moves_tags() -> None:
+    jobs = parsed(workflow.render(load_fleet(REPO)))["jobs"]
+    for name, job in jobs.items():
+        scripts = " ".join(s.get("run", "") for s in job["steps"])
+        if name == "publish":
+            assert "nox -s publish" in scripts
+        else:
+            assert "nox -s publish" not in scripts
+            assert "nox -s build" not in scripts or "--no-publish" in scripts, name
+
+
+def test_hardened() -> None:
+    text = workflow.render(load_fleet(REPO))
+    doc = parsed(text)
+    assert doc["permissions"] == {} and "group" in doc["concurrency"]
+    for name, job in doc["jobs"].items():
+        assert isinstance(job["timeout-minutes"], int), name
+        assert "permissions" in job, name
+    uses = re.findall(r"uses: (\S+)", text)
+    assert uses and all(re.fullmatch(r"actions/[a-z-]+@[0-9a-f]{40}", u) for u in uses)
+    assert all(re.search(r"@[0-9a-f]{40}  # v\d+\.\d+\.\d+$", line) for line in text.splitlines() if "uses:" in line)
+    assert "${{ matrix" not in "".join(s.get("run", "") for j in doc["jobs"].values() for s in j["steps"])  # values via env only
+    assert "pip install --require-hashes -r requirements/nox.txt" in text
+
+
+def test_a_new_family_gets_its_level() -> None:
+    """The workflow follows the fleet: the in-memory fleet's tree gives its own levels."""
+    jobs = parsed(workflow.render(memory.fleet()))["jobs"]
+    legs = {leg["image"]: int(name.split("-")[1]) for name, job in jobs.items() if name.startswith("level-")
+            for leg in job["strategy"]["matrix"]["include"]}  # fmt: skip
+    assert legs == {"base": 0, "gpu": 0, "utils": 1, "llm-big": 1, "llm-small": 1, "pydeps": 2, "web": 3}
+    assert {leg["machine"] for leg in jobs["services"]["strategy"]["matrix"]["include"]} == {"big", "small"}
