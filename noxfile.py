@@ -125,6 +125,13 @@ def publish(session: nox.Session) -> None:
 
 
 @nox.session(default=False, tags=["maintenance"])
+def prune(session: nox.Session) -> None:
+    """Retention (R3): registry tags beyond the last releases and their blobs, build cache, other orgs' images (`-- --dry-run`)."""
+    _install(session)
+    _tool(session, "prune")
+
+
+@nox.session(default=False, tags=["maintenance"])
 def workflow(session: nox.Session) -> None:
     """Write .github/workflows/build.yml from the build plan (`-- --check` only compares)."""
     _install(session)

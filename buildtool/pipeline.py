@@ -22,13 +22,13 @@ from buildtool.adapters.registry import is_loopback
 from buildtool.core.errors import BuildError, LockError
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
 from buildtool.execute.gate import judge
-from buildtool.execute.security import DB_ANNOTATION, NO_DB, REPORT_TYPE, Scanner, registry_sbom, stale_entries
+from buildtool.execute.security import DB_ANNOTATION, NO_DB, REPORT_TYPE, Scanner, registry_sbom, registry_sbom_data, stale_entries
 from buildtool.execute.security import prepare as security_prepare
 from buildtool.locking.lock import verify
 from buildtool.locking.targets import targets
 from buildtool.model.allowlist import FILE
 from buildtool.model.types import Fleet
-from buildtool.plan.plan import Plan
+from buildtool.plan.plan import Plan, make_plan
 from buildtool.publish.release import Move, Revision, publish, release_tag, revision
 from buildtool.report import sizes, tables
 from buildtool.settings import Settings
@@ -160,6 +160,10 @@ def release(
         registry = bring_up(settings, engine=False)
     tag = tag or release_tag(commit or revision(settings.root), (s.identity for s in plan.steps))
     results = [summarise(settings, fleet, registry, step) for step in plan.steps]
+    for step, result in zip(plan.steps, results, strict=True):  # the SBOMs, for the run's artifacts
+        found = registry_sbom_data(registry, settings.ref(step.repository).path, result.digest) if result.digest else None
+        if found:
+            atomic_write(settings.state_dir / "reports" / "sboms" / f"{step.repository}.cdx.json", found[1])
     missing = [r for r in results if r.status != "cached"]
     failed = [r for r in results if r.verdict is not None and r.verdict.failed]
     moves: list[Move] = []
@@ -195,3 +199,40 @@ def summarise(settings: Settings, fleet: Fleet, registry: Registry, step) -> Res
     message = verdict.summary() if verdict and verdict.failed else ""
     return Result(key=step.key, repository=step.repository, status="cached", digest=digest, verdict=verdict,
                   sbom=registry_sbom(registry, repo, digest), message=message)  # fmt: skip
+
+
+def prune(settings: Settings, fleet: Fleet, *, registry: Registry | None = None, dry_run: bool = False, local: bool = True) -> list[str]:
+    """Apply retention (blueprint R3) to the registry org and, with ``local``, to this host: build
+    cache beyond its size, local images of other orgs, build contexts and scan work folders.
+    Returns what was done, a line each; nothing latest or prev needs is touched."""
+    from buildtool.adapters.files import remove
+    from buildtool.publish.prune import prune_cache, prune_repository
+
+    prepare_state(settings)
+    if registry is None:
+        registry = bring_up(settings, engine=local)
+    plan = make_plan(fleet, all_families=True, all_services=True)
+    pinned = [settings.force_image_tag] if settings.force_image_tag else []
+    lines = []
+    for step in plan.steps:
+        repo = settings.ref(step.repository).path
+        kept = prune_repository(registry, repo, releases=settings.keep_releases, pinned=pinned, current_ids=[step.id_tag], dry_run=dry_run)
+        if kept.deleted:
+            lines.append(f"{repo}: {len(kept.deleted)} image(s) {'to delete' if dry_run else 'deleted'}; kept {', '.join(kept.kept_tags)}")
+    cache = prune_cache(registry, settings.org, {s.repository for s in plan.steps}, dry_run=dry_run)
+    if cache.deleted:
+        lines.append(f"{cache.repository}: {len(cache.deleted)} stale cache manifest(s) {'to delete' if dry_run else 'deleted'}")
+    if not dry_run:
+        lines.append(setup.collect_garbage(settings.registry))
+    if local and not dry_run:
+        from buildtool.adapters.engine import Docker
+
+        docker = Docker()
+        lines.append(f"build cache: {docker.prune_build_cache(settings.build_cache_keep) or 'nothing to free'} (kept up to {settings.build_cache_keep})")
+        removed = docker.remove_images(settings.registry, settings.org)
+        lines.append(f"local images of other orgs: {len(removed)} removed")
+        for folder in ("contexts", "scan"):
+            if (settings.state_dir / folder).exists():
+                remove(settings.state_dir / folder)
+        lines.append(f"state dir: build contexts and scan work folders removed from {settings.state_dir}")
+    return lines

@@ -63,6 +63,8 @@ class Settings:
     vuln_policy: str  # auto: enforce where a database is configured, else secrets only | enforce | warn
     trivy_db: Path | None  # a prepared database folder
     trivy_db_repository: str  # a database repository to download from ("" = none)
+    keep_releases: int = 5  # release tags `prune` keeps per image
+    build_cache_keep: str = "20gb"  # BuildKit cache `prune` leaves
     scan: bool = True  # the supply-chain gate runs (tests of other things may switch it off)
     today: dt.date = dt.date(1970, 1, 1)  # the date allowlist expiries are read against
 
@@ -126,4 +128,6 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
         trivy_db=Path(env["FLEET_TRIVY_DB"]) if env.get("FLEET_TRIVY_DB") else None,
         trivy_db_repository=db_repo,
         today=dt.datetime.now(dt.UTC).date(),
+        keep_releases=int(flags.get("keep_releases") or d["keep_releases"]),  # type: ignore[call-overload]
+        build_cache_keep=str(d["build_cache_keep"]),
     )

@@ -18,7 +18,7 @@ class FakeRegistry:
     """Tags -> manifests in memory; counts requests like the real client does."""
 
     def __init__(self) -> None:
-        self.tags: dict[tuple[str, str], Manifest] = {}
+        self.entries: dict[tuple[str, str], Manifest] = {}
         self.requests = 0
         self.blobs: dict[str, bytes] = {}
         self.referrer_list: dict[tuple[str, str], list[dict]] = {}
@@ -26,21 +26,21 @@ class FakeRegistry:
     def add(self, repo: str, tag: str, content: str) -> Manifest:
         body = json.dumps({"mediaType": OCI_MANIFEST, "config": {"digest": "sha256:" + "0" * 64}, "layers": [], "content": content}).encode()
         m = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type=OCI_MANIFEST, body=body)
-        self.tags[(repo, tag)] = m
+        self.entries[(repo, tag)] = m
         return m
 
     def digest(self, repo: str, ref: str, *, fresh: bool = False) -> str | None:
         self.requests += 1
-        m = self.tags.get((repo, ref))
+        m = self.entries.get((repo, ref))
         return m.digest if m else None
 
     def manifest(self, repo: str, ref: str) -> Manifest | None:
         self.requests += 1
-        return self.tags.get((repo, ref)) or next((m for (r, _), m in self.tags.items() if r == repo and m.digest == ref), None)
+        return self.entries.get((repo, ref)) or next((m for (r, _), m in self.entries.items() if r == repo and m.digest == ref), None)
 
     def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> None:
         self.requests += 1
-        self.tags[(repo, tag)] = manifest
+        self.entries[(repo, tag)] = manifest
 
     def image_manifest(self, repo: str, ref: str, platform: str = "linux/amd64") -> Manifest | None:
         return self.manifest(repo, ref)
@@ -64,7 +64,7 @@ class FakeRegistry:
         body = json.dumps({"mediaType": OCI_MANIFEST, "artifactType": artifact_type, "layers": [{"digest": blob, "size": len(data)}],
                            "subject": subject.descriptor()}).encode()  # fmt: skip
         artifact = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type=OCI_MANIFEST, body=body)
-        self.tags[(repo, artifact.digest)] = artifact
+        self.entries[(repo, artifact.digest)] = artifact
         entry = {"digest": artifact.digest, "artifactType": artifact_type, "annotations": dict(annotations or {})}
         self.referrer_list.setdefault((repo, subject.digest), []).append(entry)
         return artifact
@@ -72,6 +72,17 @@ class FakeRegistry:
     def referrers(self, repo: str, subject_digest: str, artifact_type: str = "") -> list[dict]:
         self.requests += 1
         return [d for d in self.referrer_list.get((repo, subject_digest), []) if not artifact_type or d["artifactType"] == artifact_type]
+
+    def tags(self, repo: str) -> list[str]:
+        self.requests += 1
+        return sorted(tag for r, tag in self.entries if r == repo and not tag.startswith("sha256:"))
+
+    def delete(self, repo: str, digest: str) -> bool:
+        self.requests += 1
+        doomed = [key for key, m in self.entries.items() if key[0] == repo and m.digest == digest]
+        for key in doomed:
+            del self.entries[key]
+        return bool(doomed)
 
     def blob(self, repo: str, digest: str) -> bytes | None:
         self.requests += 1

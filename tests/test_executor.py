@@ -78,7 +78,7 @@ def test_failure_blocks_descendants_only(fleet_dir: Path, tmp_path: Path) -> Non
     assert results["service:ServiceRegistry@mainpc"].status == "blocked"
     assert results["service:IntentionValidatorAgent@mainpc"].status == "built"
     # Nothing failed was pushed.
-    assert not any(repo == "fleet/base-cpu-pydeps" for repo, _ in registry.tags)
+    assert not any(repo == "fleet/base-cpu-pydeps" for repo, _ in registry.entries)
 
 
 def test_root_user_fails_verification_and_is_not_pushed(fleet_dir: Path, tmp_path: Path) -> None:
@@ -86,7 +86,7 @@ def test_root_user_fails_verification_and_is_not_pushed(fleet_dir: Path, tmp_pat
     _, results = run(fleet_dir, tmp_path, registry, FakeDocker(registry, user=""), families=["base-python"])
     assert results["family:base-python"].status == "failed"
     assert "must be 10001:10001" in results["family:base-python"].message
-    assert registry.tags == {}
+    assert registry.entries == {}
 
 
 def test_publish_moves_latest_and_prev() -> None:
@@ -108,7 +108,7 @@ def test_publish_reads_everything_before_moving_anything() -> None:
     registry.add("fleet/a", "id-1", "one")
     with pytest.raises(Exception, match="nothing was published"):
         publish(registry, "fleet", {"a": "id-1", "b": "id-missing"}, "t")
-    assert ("fleet/a", "t") not in registry.tags and ("fleet/a", "latest") not in registry.tags
+    assert ("fleet/a", "t") not in registry.entries and ("fleet/a", "latest") not in registry.entries
 
 
 def test_rollback_swaps_and_honours_force_image_tag() -> None:
@@ -156,7 +156,7 @@ def test_failed_bootstrap_names_the_family_file_and_root_keys(fleet_dir: Path, t
     assert legacy.message.startswith("families/legacy-py310-cpu.toml: root: bootstrapping jammy with ")
     assert "root.packages" in legacy.message and "E: Unable to locate package libpython3.99-stdlib" in legacy.message
     assert "I: chroot" not in legacy.message
-    assert registry.tags == {}  # nothing built, nothing pushed
+    assert registry.entries == {}  # nothing built, nothing pushed
 
 
 @pytest.mark.parametrize("gpus", [False, True])

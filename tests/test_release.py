@@ -63,7 +63,7 @@ def test_a_publish_that_meets_another_stops() -> None:
     registry.add("fleet/a", "id-1", "one")
     with pytest.raises(ReleaseError, match="moved by another publish"):
         publish(registry, "fleet", {"a": "id-1"}, "r1")
-    assert ("fleet/a", "latest") not in registry.tags
+    assert ("fleet/a", "latest") not in registry.entries
 
 
 def settings_for(fleet_dir: Path, tmp_path: Path, **env: str) -> run_settings.Settings:
@@ -86,7 +86,7 @@ def test_force_image_tag_during_a_build_changes_nothing(fleet_dir: Path, tmp_pat
     run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs,
                          commit=COMMIT)  # fmt: skip
     assert run.tag == "20261120-abc1234"
-    assert registry.tags[("fleet/base-python", "pinned")] == pinned  # the pinned release still names what it named
+    assert registry.entries[("fleet/base-python", "pinned")] == pinned  # the pinned release still names what it named
     assert registry.digest("fleet/base-python", "20261120-abc1234") == registry.digest("fleet/base-python", "latest")
 
 
@@ -97,13 +97,23 @@ def test_the_publish_job_releases_what_the_jobs_pushed_and_nothing_when_one_fail
     families = make_plan(fleet, families=["base-utils"])
     pipeline.build(s, fleet, families, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs,
                    commit=COMMIT, publish_tags=False)  # fmt: skip
-    assert ("fleet/base-utils", "latest") not in registry.tags  # the level jobs push by identity only
+    assert ("fleet/base-utils", "latest") not in registry.entries  # the level jobs push by identity only
     with pytest.raises(BuildError, match="cannot be released") as exc:
         pipeline.release(s, fleet, make_plan(fleet, families=["base-cpu-pydeps"]), registry=registry, commit=COMMIT)
-    assert "base-cpu-pydeps" in exc.value.message and not any(t == "latest" for _, t in registry.tags)
+    assert "base-cpu-pydeps" in exc.value.message and not any(t == "latest" for _, t in registry.entries)
     with pytest.raises(BuildError):
         pipeline.release(s, fleet, families, registry=registry, commit=COMMIT, report_only=True)
-    assert not any(t == "latest" for _, t in registry.tags)
+    assert not any(t == "latest" for _, t in registry.entries)
     run = pipeline.release(s, fleet, families, registry=registry, commit=COMMIT)
     assert {m.repository for m in run.moves if m.tag == "latest"} == {"base-python", "base-utils"}
     assert (tmp_path / "state" / "reports" / "sizes.md").is_file()
+
+
+def test_retention_keeps_latest_prev_pins_the_newest_releases_and_current_builds() -> None:
+    from buildtool.publish.prune import keep
+
+    tags = {"latest": "d4", "prev": "d3", "20261104-ddddddd": "d4", "20261103-ccccccc": "d3", "20261102-bbbbbbb": "d2",
+            "20261101-aaaaaaa": "d1", "id-4": "d4", "id-3": "d3", "id-2": "d2", "id-1": "d1", "id-9": "d9", "pinned": "d1"}  # fmt: skip
+    kept = keep(tags, releases=1, pinned=["pinned"], current_ids=["id-9"])
+    assert kept == {"latest", "prev", "20261104-ddddddd", "20261103-ccccccc", "id-4", "id-3", "pinned", "20261101-aaaaaaa", "id-1", "id-9"}
+    assert "20261102-bbbbbbb" not in kept and "id-2" not in kept

@@ -137,3 +137,33 @@ def token_registry(folder: Path, users: dict[str, str]):
         daemon.wait(10)
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def plain_registry(folder: Path):
+    """A registry of its own on 127.0.0.1 (no auth), its config in a toolkit-owned folder."""
+    from buildtool.adapters.files import MARKER, MARKER_TEXT
+
+    ensure_host_packages(["docker-registry"])
+    (folder / MARKER).write_text(MARKER_TEXT)
+    address = f"127.0.0.1:{free_port()}"
+    config = folder / "registry.yml"
+    config.write_text(
+        "version: 0.1\nlog:\n  level: warn\n"
+        f"storage:\n  filesystem:\n    rootdirectory: {folder / 'data'}\n  delete:\n    enabled: true\nhttp:\n  addr: {address}\n"
+    )
+    host.start_detached(["docker-registry", "serve", str(config)], folder / "registry.log")
+    for _ in range(100):
+        if probe(address):
+            break
+        time.sleep(0.1)
+    try:
+        yield address
+    finally:
+        from buildtool.adapters.setup import _serving
+
+        found = _serving(address)  # collect_garbage may have restarted it: stop whichever serves now
+        if found:
+            import os
+
+            os.kill(found[0], 15)

@@ -117,6 +117,23 @@ class Docker:
             raise BuildError(f"saving {ref} for the scan failed:\n{_tail(exc)}") from exc
         return out
 
+    def prune_build_cache(self, keep: str) -> str:
+        """Drop BuildKit cache beyond ``keep`` (e.g. "20gb"); what buildx says it freed."""
+        from buildtool.adapters import host
+
+        out = host.run(["docker", "buildx", "prune", "--force", "--keep-storage", keep], timeout=1800).stdout
+        return (out.strip().splitlines() or [""])[-1]
+
+    def remove_images(self, prefix: str, keep_org: str) -> list[str]:
+        """Remove local images of ``prefix`` (a registry's address) whose org is not ``keep_org``."""
+        removed = []
+        for image in self.client.image.list():
+            for tag in image.repo_tags:
+                if tag.startswith(prefix + "/") and not tag.startswith(f"{prefix}/{keep_org}/"):
+                    self.client.image.remove(tag, force=True)
+                    removed.append(tag)
+        return removed
+
     def image_digest(self, ref: str) -> str:
         """The manifest digest of a local image (the containerd store keeps the one it will push)."""
         return self.client.image.inspect(ref).id

@@ -62,6 +62,11 @@ def owned_dir(path: Path, *, repo: Path | None = None, what: str, clear: bool = 
     return path
 
 
+def is_owned(folder: Path) -> bool:
+    """Whether ``folder`` is the toolkit's: it, or a folder above it, carries the marker."""
+    return _inside_owned(folder)
+
+
 def _inside_owned(folder: Path) -> bool:
     """Whether a folder above holds the marker: everything below a marked folder is the toolkit's."""
     return any(_is_marker(parent / MARKER) for parent in (folder, *folder.parents))

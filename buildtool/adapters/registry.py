@@ -215,6 +215,32 @@ class Registry:
                 return self.manifest(repo, entry["digest"])
         return None
 
+    def tags(self, repo: str) -> list[str]:
+        """Every tag of ``repo`` (following the API's pages); [] for an unknown repository."""
+        out: list[str] = []
+        path = f"{repo}/tags/list?n=1000"
+        while path:
+            resp = self._request("GET", path, scope=self._scope(repo))
+            if resp is None:
+                return out
+            with resp:
+                out += json.loads(resp.read()).get("tags") or []
+                link = resp.headers.get("Link", "")
+            match = re.match(r"<([^>]+)>", link)
+            path = match.group(1).removeprefix("/v2/") if match else ""
+        return out
+
+    def delete(self, repo: str, digest: str) -> bool:
+        """Delete the manifest ``digest`` (and with it every tag that points at it); False if absent.
+        Registries that do not allow deletes answer with an error naming the registry."""
+        resp = self._request("DELETE", f"{repo}/manifests/{digest}", scope=f"repository:{repo}:delete")
+        for key in [k for k, m in self._manifests.items() if k[0] == repo and (k[1] == digest or (m and m.digest == digest))]:
+            del self._manifests[key]
+        if resp is None:
+            return False
+        resp.close()
+        return True
+
     # -- blobs -------------------------------------------------------------------------------
 
     def blob(self, repo: str, digest: str) -> bytes | None:

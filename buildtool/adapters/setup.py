@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from buildtool.adapters import host
+from buildtool.adapters.files import is_owned
 from buildtool.adapters.host import Daemon, start_detached
 from buildtool.adapters.registry import is_loopback, probe
 from buildtool.core.errors import CommandError, EngineError, MissingToolError
@@ -261,6 +263,41 @@ def ensure_registry(address: str = "127.0.0.1:5000", *, storage_dir: Path, state
     _wait(lambda: _registry_up(address), f"the registry on {address}", REGISTRY_START_TIMEOUT, logfile, proc)
     log.info("registry up on %s (storage: %s)", address, storage_dir)
     return address
+
+
+def _serving(address: str) -> tuple[int, Path] | None:
+    """The pid and config file of the docker-registry serving ``address`` on this host, if any."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if len(argv) >= 3 and argv[0].endswith(b"docker-registry") and argv[1] == b"serve":
+            config = Path(argv[2].decode())
+            if config.is_file() and f"addr: {address}" in config.read_text():
+                return int(proc.name), config
+    return None
+
+
+def collect_garbage(address: str) -> str:
+    """Free the blobs no manifest references in the loopback registry at ``address``: it is stopped,
+    collected (``docker-registry garbage-collect``, untagged manifests kept: they are attached
+    SBOMs and scan reports) and started again. Returns what happened, in a line."""
+    found = _serving(address) if is_loopback(address) else None
+    if found is None or not is_owned(found[1].parent):
+        return f"no registry the toolkit started serves {address}: its storage is collected by whoever runs it"
+    pid, config = found
+    os.kill(pid, 15)
+    for _ in range(100):
+        if not Path(f"/proc/{pid}").exists() or not _registry_up(address):
+            break
+        time.sleep(0.1)
+    out = host.run(["docker-registry", "garbage-collect", str(config)], timeout=3600).stdout
+    logfile = config.with_suffix(".log")
+    proc = start_detached(["docker-registry", "serve", str(config)], logfile)
+    _wait(lambda: _registry_up(address), f"the registry on {address}", REGISTRY_START_TIMEOUT, logfile, proc)
+    deleted = sum(1 for line in out.splitlines() if "blob eligible for deletion" in line)
+    return f"registry {address} collected: {deleted} unreferenced blob(s) deleted"
 
 
 # --- daemons -------------------------------------------------------------------------------

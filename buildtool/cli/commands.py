@@ -27,7 +27,13 @@ def fleet_of(args: argparse.Namespace) -> Fleet:
 def settings_of(args: argparse.Namespace, fleet: Fleet) -> settings.Settings:
     """The run's settings: flags over the process environment over fleet.toml over the defaults."""
     return settings.from_sources(
-        fleet, os.environ, registry=args.registry, org=args.org, jobs=getattr(args, "jobs", None), vuln_policy=getattr(args, "vuln_policy", None)
+        fleet,
+        os.environ,
+        registry=args.registry,
+        org=args.org,
+        jobs=getattr(args, "jobs", None),
+        vuln_policy=getattr(args, "vuln_policy", None),
+        keep_releases=getattr(args, "keep_releases", None),
     )
 
 
@@ -227,7 +233,9 @@ def rollback(args: argparse.Namespace) -> int:
     the_plan = plan_of(fleet, args)
     run_settings = settings_of(args, fleet)
     registry = Registry(run_settings.registry, token=run_settings.registry_token)
-    repos = [s.repository for s in the_plan.steps if s.kind == "service"] if args.services or args.all else [s.repository for s in the_plan.steps]
+    named = set(args.family)
+    # The named images only: a service's image (per machine), a family's own image, not its ancestors.
+    repos = [s.repository for s in the_plan.steps if s.kind == "service" or s.name in named or not (args.services or args.all or named)]
     for move in roll_back(registry, run_settings.org, repos, run_settings.force_image_tag):
         console.print(f"{move.repository}:{move.tag} -> {move.digest}")
     return 0
@@ -250,4 +258,12 @@ def workflow(args: argparse.Namespace) -> int:
     if current != text:
         atomic_write(inside_repo(fleet.root, generated.PATH), text)
     console.print(f"wrote {generated.PATH} ({text.count(chr(10) + '  level-')} family levels)")
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    """Retention: registry tags beyond the last releases, old build cache, other orgs' local images."""
+    fleet = fleet_of(args)
+    for line in pipeline.prune(settings_of(args, fleet), fleet, dry_run=args.dry_run, local=not args.registry_only):
+        console.print(line)
     return 0

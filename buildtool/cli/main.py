@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(p)
     p.set_defaults(func=commands.rollback)
 
+    p = sub.add_parser("prune", help="retention: old registry tags and blobs, build cache, local images of other orgs")
+    p.add_argument("--dry-run", action="store_true", help="say what would be deleted, delete nothing")
+    p.add_argument("--registry-only", action="store_true", help="only the registry org (what the scheduled workflow runs)")
+    p.add_argument("--keep-releases", type=int, help="release tags kept per image (default: 5)")
+    p.set_defaults(func=commands.prune)
+
     p = sub.add_parser("workflow", help="write .github/workflows/build.yml from the build plan")
     p.add_argument("--check", action="store_true", help="fail when the committed workflow differs from the generated one")
     p.set_defaults(func=commands.workflow)

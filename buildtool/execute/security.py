@@ -167,11 +167,17 @@ def stale_entries(allowlist: Allowlist, verdicts: list[Verdict], plan_images: li
     return [e for e in in_scope if e.where not in used and (e.kind == "secret" or all(v.db_version for v in verdicts))]
 
 
-def registry_sbom(registry: Registry, repo: str, digest: str) -> dict[str, object] | None:
-    """Digest and component count of the SBOM attached to ``digest``, if one is."""
+def registry_sbom_data(registry: Registry, repo: str, digest: str) -> tuple[str, bytes] | None:
+    """The artifact digest and the bytes of the SBOM attached to ``digest``, if one is."""
     for ref in registry.referrers(repo, digest, SBOM_TYPE):
         manifest = registry.manifest(repo, ref["digest"])
         data = registry.blob(repo, manifest.data["layers"][0]["digest"]) if manifest else None
         if data:
-            return {"digest": ref["digest"], "components": len(json.loads(data).get("components", []))}
+            return ref["digest"], data
     return None
+
+
+def registry_sbom(registry: Registry, repo: str, digest: str) -> dict[str, object] | None:
+    """Digest and component count of the SBOM attached to ``digest``, if one is."""
+    found = registry_sbom_data(registry, repo, digest)
+    return {"digest": found[0], "components": len(json.loads(found[1]).get("components", []))} if found else None
