@@ -158,6 +158,13 @@ def lock_tools(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def ci_local(session: nox.Session) -> None:
+    """Run the generated workflow under act against the local registry: CPU families, ServiceRegistry, scan, publish once."""
+    _install(session)
+    session.run("python", "-m", "tests.act_runner", *session.posargs)
+
+
+@nox.session(default=False)
 def testdb(session: nox.Session) -> None:
     """Build the test advisory database (tests/trivydb) into build/trivy-testdb: use it with FLEET_TRIVY_DB."""
     _install(session)

@@ -172,11 +172,11 @@ def release(
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
     run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured)
-    if missing or failed:
-        lines = [f"  - {r.repository}: {r.message}" for r in missing + failed]
-        raise BuildError(f"{len(missing) + len(failed)} of {len(results)} images cannot be released; no tag was moved:\n" + "\n".join(lines), run=run)
+    lines = "".join(f"\n  - {r.repository}: {r.message}" for r in missing + failed)
     if report_only:
-        raise BuildError("a job of this run failed: its images were reported, and no tag was moved", run=run)
+        raise BuildError(f"a job of this run failed: what it pushed is reported, and no tag was moved{lines}", run=run)
+    if missing or failed:
+        raise BuildError(f"{len(missing) + len(failed)} of {len(results)} images cannot be released; no tag was moved:{lines}", run=run)
     return run
 
 

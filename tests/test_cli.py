@@ -50,3 +50,22 @@ def test_bad_values_name_where_they_came_from(fleet_dir: Path) -> None:
     with pytest.raises(ConfigError) as exc:
         settings.from_sources(fleet, {"FLEET_ORG": "Bad Org"}, registry="no spaces allowed")
     assert [(p.file, p.key) for p in exc.value.problems] == [("command line", "--registry"), ("environment", "FLEET_ORG")]
+
+
+def plan_keys(fleet_dir: Path, *argv: str) -> list[str]:
+    from buildtool.cli.commands import plan_of
+
+    args = build_parser().parse_args(["--root", str(fleet_dir), "plan", *argv])
+    return [s.key for s in plan_of(load_fleet(fleet_dir), args).steps]
+
+
+def test_ci_selections(fleet_dir: Path) -> None:
+    """The workflow's per-machine service jobs: named services where they run, within the groups built."""
+    assert plan_keys(fleet_dir, "--machine", "pc2", "--skip-unplaced", "ServiceRegistry") == []  # runs on mainpc only
+    keys = plan_keys(fleet_dir, "--machine", "mainpc", "--skip-unplaced", "ServiceRegistry")
+    assert keys[-1] == "service:ServiceRegistry@mainpc"
+    cpu = plan_keys(fleet_dir, "--within-groups", "cpu", "--skip-unplaced", "--all")
+    assert "service:ServiceRegistry@mainpc" in cpu and not any("cu121" in k or "legacy" in k or "NLUAgent" in k for k in cpu)
+    assert not any("STTService" in k for k in cpu)  # a GPU service is outside the cpu group
+    families = plan_keys(fleet_dir, "--within-groups", "cpu legacy")
+    assert "family:legacy-py310-cpu" in families and "family:base-gpu-cu121" not in families

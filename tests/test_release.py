@@ -38,7 +38,8 @@ def test_revision_reads_the_commit(tmp_path: Path, real_subprocess: None) -> Non
     rev = revision(tmp_path)
     assert rev.date == dt.date(2026, 1, 2) and len(rev.sha) >= 7 and not rev.dirty
     (tmp_path / "f").write_text("2")
-    assert revision(tmp_path).dirty
+    dirty = revision(tmp_path)
+    assert dirty.dirty and len(dirty.changes) == 8 and release_tag(dirty, []).endswith(f"-dirty-{dirty.changes}")
     assert revision(tmp_path / "nowhere").sha == "nogit"
 
 

@@ -55,6 +55,8 @@ def plan_of(fleet: Fleet, args: argparse.Namespace, *, default_group: str | None
         services = [s for s in services if fleet.families[fleet.services[s].family].group in within]
     if skip:
         services = [s for s in services if set(fleet.services[s].machines) & set(machines)]
+    if (args.services or args.all) and not services:
+        return Plan(steps=(), machines=tuple(machines))  # services were asked for, and none is left
     groups = list(args.group) or ([g for g in within if g in {f.group for f in fleet.families.values()}] if not args.family else [])
     if not (services or groups or args.family):
         return Plan(steps=(), machines=tuple(machines))

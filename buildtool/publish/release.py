@@ -23,7 +23,7 @@ from buildtool.adapters import host
 from buildtool.adapters.protocols import Registry
 from buildtool.adapters.registry import Manifest
 from buildtool.core.errors import CommandError, EngineError, MissingToolError, ReleaseError, UsageError
-from buildtool.core.hashing import sha256_json
+from buildtool.core.hashing import sha256, sha256_json
 from buildtool.core.refs import repo_path
 
 CURRENT = "latest"
@@ -37,21 +37,25 @@ class Revision:
     sha: str  # abbreviated, or "nogit"
     date: dt.date  # the commit's date (UTC)
     dirty: bool  # tracked files differ from the commit
+    changes: str = ""  # a hash of those differences ("" when clean)
 
 
 def revision(root: Path) -> Revision:
     try:
         sha, stamp = host.run(["git", "log", "-1", "--format=%h %ct", "--abbrev=7"], cwd=root).stdout.split()
-        dirty = bool(host.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root).stdout.strip())
+        diff = host.run(["git", "diff", "HEAD", "--binary"], cwd=root).stdout
     except (CommandError, MissingToolError, ValueError, OSError):
         return Revision(sha="nogit", date=dt.datetime.now(dt.UTC).date(), dirty=True)
-    return Revision(sha=sha, date=dt.datetime.fromtimestamp(int(stamp), dt.UTC).date(), dirty=dirty)
+    return Revision(sha=sha, date=dt.datetime.fromtimestamp(int(stamp), dt.UTC).date(), dirty=bool(diff), changes=sha256(diff)[:8] if diff else "")
 
 
 def release_tag(rev: Revision, identities: Iterable[str]) -> str:
-    """``YYYYMMDD-GITSHA`` of the commit; a dirty tree adds a hash of what is released."""
+    """``YYYYMMDD-GITSHA`` of the commit. A dirty tree adds a hash of its changes (every job of one
+    workspace agrees on it); without git, a hash of the images released."""
     tag = f"{rev.date:%Y%m%d}-{rev.sha}"
-    return f"{tag}-dirty-{sha256_json(sorted(identities))[:8]}" if rev.dirty else tag
+    if not rev.dirty:
+        return tag
+    return f"{tag}-dirty-{rev.changes or sha256_json(sorted(identities))[:8]}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,0 +1,52 @@
+"""The generated workflow under act, with one job failing on purpose: the publish job reports and
+moves no tag. (The passing run is `nox -s ci_local`.)"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from buildtool.adapters.registry import Registry
+from tests import act_runner
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.engine
+
+
+def checkout_copy(dest) -> None:
+    """A git checkout of this working tree (tracked and new files, as they are now)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    for rel in files.splitlines():
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git = ["git", "-C", str(dest), "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "a copy for act"], check=True)
+
+
+def test_a_failing_job_leaves_every_tag_where_it_was(tmp_path, real_subprocess) -> None:
+    repo = tmp_path / "repo"
+    checkout_copy(repo)
+    fam = repo / "families" / "family-web.toml"
+    fam.write_text(fam.read_text() + '\n[[smoke]]\nname = "fails on purpose"\nrun = ["python", "-c", "raise SystemExit(7)"]\n')
+    subprocess.run(["git", "-C", str(repo), "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qam", "break family-web"], check=True)
+    org = f"ci-fail-{int(time.time())}"
+    state = REPO / "build" / "test-state"
+    result = act_runner.run(repo, org=org, groups="cpu", services="ServiceRegistry", state=state)
+    (state / "logs").mkdir(parents=True, exist_ok=True)
+    (state / "logs" / f"act-{org}.log").write_text(result.log)
+    assert result.returncode != 0
+    assert "smoke check 'fails on purpose' failed: exit 7" in result.log
+    assert "a job of this run failed" in result.log  # the publish job ran, in report-only mode
+    registry = Registry(act_runner.ADDRESS)
+    assert registry.digest(f"{org}/base-python", "id-" + "0" * 24) is None
+    for repo_name in ("base-python", "base-utils", "base-cpu-pydeps", "family-web", "service-registry-mainpc"):
+        assert registry.digest(f"{org}/{repo_name}", "latest") is None, repo_name
+    assert registry.tags(f"{org}/base-python")  # pushed by identity by its level job: the next run resumes from it
+    assert (result.artifacts / "fleet-report" / "reports" / "sizes.md").is_file()  # the report is kept either way
