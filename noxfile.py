@@ -172,6 +172,14 @@ def testdb(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def repro(session: nox.Session) -> None:
+    """Build the CPU families and two services twice from scratch; fail unless every digest matches."""
+    _install(session)
+    args = session.posargs or ["--group", "cpu", "--group", "legacy", "--machine", "mainpc", "ServiceRegistry", "AdvancedCommandHandler"]
+    session.run("python", "-m", "buildtool", "repro", *args)
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Measure no-op and one-change rebuilds against bake, and uv against pip-compile, in one run."""
     _install(session)

@@ -25,12 +25,15 @@ from buildtool import bake, pipeline
 from buildtool.adapters import host
 from buildtool.adapters.bootstrap import bootstrap_rootfs
 from buildtool.adapters.files import copy_fleet, owned_dir, write_context
+from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core.errors import CommandError
 from buildtool.execute.executor import Progress, rootfs
 from buildtool.locking.resolver import pip_compile_can_lock, resolve
 from buildtool.locking.targets import targets
 from buildtool.model.load import load_fleet
-from buildtool.plan.plan import make_plan
+from buildtool.model.locks import family_lock_path, service_lock_path
+from buildtool.model.types import Fleet, Service
+from buildtool.plan.plan import MB, make_plan
 from buildtool.settings import Settings
 
 SERVICES = ["ServiceRegistry", "MemoryFusionHub", "CacheManager", "SelfHealingSupervisor"]
@@ -82,6 +85,51 @@ def _baseline(bake_file: Path) -> tuple[str, float]:
     return "docker buildx build per bake target", time.monotonic() - start
 
 
+NAIVE = ["ServiceRegistry", "SelfHealingSupervisor", "AdvancedCommandHandler"]  # web, own requirements, legacy
+
+
+def naive_dockerfile(fleet: Fleet, service: Service, machine: str) -> str:
+    """One stage, as a hand-written Dockerfile would have it: the root family's builder root (the
+    same OS and Python, with apt and pip), the lineage's OS packages and the service's complete
+    lock installed on top, the app copied in, nothing cleaned up."""
+    os_packages = sorted({p for f in fleet.lineage(service.family) for p in f.os_packages})
+    profile = fleet.machines[machine].profile_dict()
+    lines = ["ARG BUILDER_IMAGE", "FROM ${BUILDER_IMAGE}", "USER 0:0"]
+    if os_packages:
+        lines.append(f"RUN apt-get update && apt-get install -y {' '.join(os_packages)}")
+    lines += [
+        "COPY requirements.txt /tmp/requirements.txt",
+        "RUN --network=host --mount=type=secret,id=pip_ca PIP_CERT=/run/secrets/pip_ca pip install --require-hashes --no-deps -r /tmp/requirements.txt",
+        "COPY app/ /app/",
+        "ENV " + " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(profile.items())),
+        "USER 10001:10001",
+        f"CMD {json.dumps(list(service.entrypoint))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def naive_sizes(settings: Settings, fleet: Fleet, engine: Engine, registry: Registry, names: list[str]) -> list[Row]:
+    """Compressed size of each service as the toolkit built it vs a naive single-stage build of it."""
+    plan = make_plan(fleet, services=names)
+    rows: list[Row] = []
+    for step in (s for s in plan.steps if s.kind == "service"):
+        service = fleet.services[step.name]
+        owner = fleet.lock_owner(service.family)
+        path = service_lock_path(service.name) if service.requirements else family_lock_path(owner.name) if owner else None
+        lock = fleet.lock(path) if path else None
+        files = [("Dockerfile", naive_dockerfile(fleet, service, step.machine or "").encode()), ("requirements.txt", (lock.text if lock else "").encode())]
+        files += [(f"app/{p}", d) for p, d in fleet.sources[service.source].files]
+        context = write_context(settings.state_dir / "naive" / step.repository, files)
+        root = plan.step(step.builder or "")
+        builder = registry.digest(settings.ref(root.builder_repository).path, root.id_tag)
+        built = engine.build(context=context, tag=str(settings.ref(f"naive-{step.repository}", "bench")), secrets=settings.secrets(), cache_ref=None,
+                             build_args={"BUILDER_IMAGE": str(settings.ref(root.builder_repository, digest=builder or ""))}, labels={},
+                             log=settings.state_dir / "naive" / f"{step.repository}.log")  # fmt: skip
+        ours = sum(registry.layer_sizes(settings.ref(step.repository).path, step.id_tag))
+        rows.append((f"{step.repository} size (MB compressed)", ours / MB, "naive single stage", built.compressed / MB))
+    return rows
+
+
 def run_bench(settings: Settings, *, lock_all: bool = False, progress: Progress | None = None) -> list[Row]:
     """Run the measurements on a copy of ``settings.root``'s fleet, under its own org and state dir."""
     pipeline.prepare_state(settings)
@@ -118,4 +166,11 @@ def run_bench(settings: Settings, *, lock_all: bool = False, progress: Progress 
     uv = sum(_timed(lambda t=t: resolve(t, parent(t), engine="uv", ca_bundle=settings.ca_bundle)) for t in chosen)
     pipc = sum(_timed(lambda t=t: resolve(t, parent(t), engine="pip-compile", ca_bundle=settings.ca_bundle)) for t in chosen)
     rows.append((f"lock {len(chosen)} targets (uv)", uv, "pip-compile", pipc))
+
+    fleet = load_fleet(root)
+    tool_naive = lambda: pipeline.build(bench, fleet, make_plan(fleet, services=NAIVE), progress=progress)  # noqa: E731
+    tool_naive()
+    from buildtool.adapters.engine import Docker
+
+    rows += naive_sizes(bench, fleet, Docker(), pipeline.bring_up(bench, engine=False), NAIVE)
     return rows

@@ -24,12 +24,13 @@ from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
 from buildtool.execute.gate import judge
 from buildtool.execute.security import DB_ANNOTATION, NO_DB, REPORT_TYPE, Scanner, registry_sbom, registry_sbom_data, stale_entries
 from buildtool.execute.security import prepare as security_prepare
+from buildtool.locking import oslock
 from buildtool.locking.lock import verify
 from buildtool.locking.targets import targets
 from buildtool.model.allowlist import FILE
 from buildtool.model.types import Fleet
 from buildtool.plan.plan import Plan, make_plan
-from buildtool.publish.release import Move, Revision, publish, release_tag, revision
+from buildtool.publish.release import Move, Revision, labels, publish, release_tag, revision
 from buildtool.report import sizes, tables
 from buildtool.settings import Settings
 
@@ -92,6 +93,7 @@ def build(
     when an image failed, failed the gate, or was blocked.
     """
     problems = verify(fleet, lock_names(fleet, plan))
+    problems += oslock.verify(fleet, {f.name for s in plan.steps for f in fleet.lineage(s.lineage[-1])})
     if problems:
         raise LockError("locks of the selected images do not match their inputs; nothing was built:\n" + "\n".join(f"  - {p}" for p in problems))
     prepare_state(settings)
@@ -114,7 +116,7 @@ def build(
         registry=registry,
         progress=progress,
         bootstrap=bootstrap,
-        revision=rev.sha + ("-dirty" if rev.dirty else ""),
+        labels=labels(rev),
         security=security,
     )
     results = executor.run()
@@ -124,6 +126,7 @@ def build(
         stale = stale_entries(security.allowlist, verdicts, images)
         notes += [f"{FILE}: {e.where}: {e.id} ({e.target}) matched no finding of this run's images: stale, remove it" for e in stale]
         notes += [f"WARN {v.repository}: {v.summary()}" for v in verdicts if v.status == "WARN"]
+    notes += [w for r in results for w in r.warnings]
     seconds = time.monotonic() - started
     record = {"tag": tag, "seconds": seconds, "notes": notes, "results": [asdict(r) for r in results]}
     atomic_write(settings.state_dir / "reports" / "last-run.json", json.dumps(record, indent=2))

@@ -66,6 +66,7 @@ class Settings:
     keep_releases: int = 5  # release tags `prune` keeps per image
     build_cache_keep: str = "20gb"  # BuildKit cache `prune` leaves
     scan: bool = True  # the supply-chain gate runs (tests of other things may switch it off)
+    cache: bool = True  # False: every image from scratch, no BuildKit or registry cache (``repro``)
     today: dt.date = dt.date(1970, 1, 1)  # the date allowlist expiries are read against
 
     def ref(self, repository: str, tag: str = "", digest: str = "") -> ImageRef:

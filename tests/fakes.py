@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from buildtool.adapters.protocols import Built
 from buildtool.adapters.registry import Manifest
 from buildtool.core.errors import BuildError
 
@@ -98,6 +99,8 @@ class FakeEngine:
         self.user = user
         self.gpus = False
         self.builds: list[tuple[str, dict[str, str], list[str]]] = []
+        self.targets: list[tuple[str, str | None]] = []  # (tag, build target)
+        self.sizes: dict[str, int] = {}  # repository -> compressed bytes of what builds (default 1000)
         self.checks: list[tuple[str, tuple[str, ...]]] = []
         self.gpu_runs: list[str] = []
         self.healthy: list[str] = []
@@ -109,14 +112,18 @@ class FakeEngine:
         tag: str,
         build_args: Mapping[str, str],
         secrets: Sequence[str],
-        cache_ref: str,
+        cache_ref: str | None,
         labels: Mapping[str, str],
         log: Path,
-    ) -> None:
+        target: str | None = None,
+    ) -> Built:
         assert (context / "Dockerfile").is_file()
         self.builds.append((tag, dict(build_args), list(secrets)))
+        self.targets.append((tag, target))
         if any(f"/{name}:" in tag for name in self.fail):
             raise BuildError(f"build of {tag} failed")
+        repo = tag.split("/", 1)[1].rsplit(":", 1)[0]
+        return Built(digest=self.image_digest(tag), layers=(self.sizes.get(repo.rsplit("/", 1)[-1], 1000),))
 
     def push(self, ref: str) -> None:
         repo, tag = ref.split("/", 1)[1].rsplit(":", 1)

@@ -12,8 +12,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from buildtool.locking.oslock import Resolved, os_targets
+from buildtool.locking.oslock import render as render_os_lock
 from buildtool.locking.targets import targets
 from buildtool.model.locks import Lock, parse_lock, stamp
+from buildtool.model.oslocks import OsLock, parse_os_lock
 from buildtool.model.sources import SourceTree
 from buildtool.model.types import Builder, Family, Fleet, Machine, Root, Service, Settings, SmokeCheck
 
@@ -82,7 +85,26 @@ def fleet(**changes: object) -> Fleet:
         scripts={"families/setup.sh": b"echo set up\n"},
     )
     base = dataclasses.replace(base, **changes)  # type: ignore[arg-type]
-    return with_locks(base) if "locks" not in changes else base
+    base = with_locks(base) if "locks" not in changes else base
+    return with_os_locks(base) if "os_locks" not in changes else base
+
+
+DEBS = {
+    "root-builder": (("apt", "2.6.1"), ("libc6", "2.36-9+deb12u13"), ("python3-minimal", "3.11.2-1+b1"), ("python3-venv", "3.11.2-1+b1")),
+    "root-runtime": (("libc6", "2.36-9+deb12u13"), ("python3-minimal", "3.11.2-1+b1")),
+    "runtime": (("curl", "7.88.1-10+deb12u15"), ("libcurl4", "7.88.1-10+deb12u15")),
+    "builder": (("clang-19", "1:19.1.7-3~deb12u1"), ("libclang-cpp19", "1:19.1.7-3~deb12u1")),
+}
+
+
+def with_os_locks(f: Fleet, debs: dict[str, tuple[tuple[str, str], ...]] | None = None) -> Fleet:
+    """``f`` with a consistent OS lock for every family that needs one (each stamped against its root's)."""
+    debs = {**DEBS, **(debs or {})}
+    locks: dict[str, OsLock] = {}
+    for t in os_targets(f):
+        resolved = Resolved(sections={s: debs[s] for s in t.sections}, archives={"bookworm": "20261121T005302Z"}, apt="2.6.1")
+        locks[t.path] = parse_os_lock(t.path, render_os_lock(f, t, locks, resolved))
+    return dataclasses.replace(f, os_locks=locks)
 
 
 def with_locks(f: Fleet, pins: dict[str, str] | None = None) -> Fleet:

@@ -27,6 +27,7 @@ RANKS = {
     "report": 7,
     "pipeline": 8,
     "bake": 9,
+    "repro": 9,
     "ci": 9,
     "bench": 10,
     "cli": 11,

@@ -156,6 +156,12 @@ NEW_FAM = "families/family-llm-extra.toml"
 LLM = "families/family-llm-cu121.toml"
 LLM_CHILD = 'description = "a child of the machine-specific LLM family"\nparent = "family-llm-cu121"\n'
 
+
+def informational(value: str) -> Mutation:
+    """pc2's informational list replaced by ``value`` (TOML)."""
+    return replace(PC2, 'informational = ["MODEL_EVICT_THRESHOLD_PCT"]', f"informational = {value}")
+
+
 CASES = [
     # --- TOML syntax and unreadable files
     Case("toml-syntax-service", append(SVC, "port = = 1\n"), SVC, "", "not valid TOML", count=1),
@@ -185,7 +191,7 @@ CASES = [
     Case("gpu-as-string", prepend(WEB_FAM, 'gpu = "yes"\n'), WEB_FAM, "gpu", "true or false", count=1),
     Case("machine-gpu-as-bool", replace(PC2, 'gpu = "RTX 3060"', "gpu = true"), PC2, "gpu", "must be a string"),
     Case("vram-negative", replace(PC2, "vram_gb = 12", "vram_gb = -12"), PC2, "vram_gb", "between 0 and 1024"),
-    Case("budget-zero", replace(BASE, "budget_mb = 100", "budget_mb = 0"), BASE, "budget_mb", "between 1 and 100000", count=1),
+    Case("budget-zero", replace(BASE, "budget_mb = 45", "budget_mb = 0"), BASE, "budget_mb", "between 1 and 100000", count=1),
     Case("epoch-as-string", replace(FLEET, "source_date_epoch = 1735689600", 'source_date_epoch = "2025-01-01"'), FLEET,
          "settings.source_date_epoch", "must be an integer", count=1),
     Case("settings-not-a-table", replace(FLEET, "\n[settings]\n", '\nsettings = "x"\n[old_settings]\n'), FLEET, "settings",
@@ -240,9 +246,21 @@ CASES = [
     Case("unknown-root-source", replace(BASE, 'source = "bootstrap"', 'source = "docker"'), BASE, "root.source", 'use "bootstrap" or "image"',
          count=1),
     Case("unknown-suite", replace(BASE, 'suite = "bookworm"', 'suite = "bookwrm"'), BASE, "root.suite", "did you mean 'bookworm'", count=1),
-    Case("bootstrap-without-packages", replace(BASE, "packages = [", "# packages = ["), BASE, "root.packages", "needs its Debian packages",
+    Case("bootstrap-without-packages", replace(BASE, '\npackages = [\n    "python3-minimal", "libpython3.11-stdlib", "tini", "ca-certificates", "base-files",\n'
+                                               '    "dash", "coreutils", "libc-bin", "libstdc++6", "libgcc-s1",\n]', ""),
+         BASE, "root.packages", "needs its Debian packages", count=1),
+    Case("bootstrap-bad-package", replace(BASE, '"tini"', '"tini!"'), BASE, "root.packages[2]", "not a Debian package name", count=1),
+    Case("bootstrap-pinned-package", replace(BASE, '"tini"', '"tini=0.19.0-1"'), BASE, "root.packages[2]", "its version is locked in lockfiles/os",
          count=1),
-    Case("bootstrap-bad-package", replace(BASE, '"tini"', '"tini!"'), BASE, "root.packages[3]", "not a Debian package name", count=1),
+    Case("builder-bad-package", replace(BASE, '"python3-venv"', '"python3 venv"'), BASE, "root.builder_packages[0]", "not a Debian package name",
+         count=1),
+    Case("root-with-os-packages", replace(BASE, "[root]", 'os_packages = ["curl"]\n\n[root]'), BASE, "os_packages", "move them there", count=1),
+    Case("runtime-tool-unknown", replace(BASE, "[root]", 'runtime_tools = ["bash"]\n\n[root]'), BASE, "runtime_tools[0]",
+         "not a tool the structure checks refuse", count=1),
+    Case("budget-policy-warn-without-reason", replace(BASE, "[root]", 'budget_policy = "warn"\n\n[root]'), BASE, "budget_reason", "says why",
+         count=1),
+    Case("budget-policy-unknown", replace(BASE, "[root]", 'budget_policy = "ignore"\n\n[root]'), BASE, "budget_policy", '"enforce" or "warn"',
+         count=1),
     Case("image-without-tag", both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"python"')), LEGACY, "root.image", "no tag or digest",
          count=1),
     Case("image-registry-port-without-tag", both(LEGACY_IMAGE, replace(LEGACY, '"python:3.10-slim-bookworm"', '"localhost:5000/library/python"')), LEGACY,
@@ -301,6 +319,19 @@ CASES = [
     Case("bad-env-value", append(SVC, '[env]\nRATIO = 0.5\n'), SVC, "env", "invalid entries ['RATIO']", count=1),
     Case("bad-profile-name", append(PC2, '"1THREADS" = "4"\n'), PC2, "profile", "invalid entries ['1THREADS']", count=1),
     Case("bad-cuda-arch", replace(PC2, 'cuda_arch = "8.6"', 'cuda_arch = "sm_86"'), PC2, "cuda_arch", "compute capability", count=1),
+    # the informational list: profile keys only the fleet's own services read (model/profiles.py)
+    Case("informational-known-reader", informational('["MODEL_EVICT_THRESHOLD_PCT", "CUDA_VISIBLE_DEVICES"]'), PC2, "informational[1]",
+         "read by the CUDA runtime, so it is not informational", count=1),
+    Case("informational-not-in-profile", informational('["MODEL_EVICT_THRESHOLD_PCT", "NO_SUCH"]'), PC2, "informational[1]",
+         "'NO_SUCH' is not in [profile]", count=1),
+    Case("informational-generated-key", informational('["MODEL_EVICT_THRESHOLD_PCT", "GPU_MODEL"]'), PC2, "informational[1]",
+         "the toolkit's own entry", count=1),
+    Case("informational-twice", informational('["MODEL_EVICT_THRESHOLD_PCT", "MODEL_EVICT_THRESHOLD_PCT"]'), PC2, "informational[1]",
+         "twice", count=1),
+    Case("informational-not-a-list", informational('"MODEL_EVICT_THRESHOLD_PCT"'), PC2, "informational", "must be a list of strings",
+         count=1),
+    Case("informational-with-bad-profile", replace(PC2, 'OMP_NUM_THREADS = "4"', "OMP_NUM_THREADS = 0.5"), PC2, "profile",
+         "invalid entries ['OMP_NUM_THREADS']", count=1),
     Case("empty-smoke-run", replace(UTILS, 'run = ["test", "-f", "/usr/share/zoneinfo/Europe/Berlin"]', "run = []"), UTILS, "smoke[1].run",
          "must name a command", count=1),
     # --- [builder]: build-only tools of a family that compiles from source

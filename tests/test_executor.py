@@ -8,7 +8,8 @@ import pytest
 
 from buildtool import settings as run_settings
 from buildtool.core.errors import BuildError, CommandError, UsageError
-from buildtool.execute.executor import STRUCTURE_CHECKS, Executor
+from buildtool.execute.executor import Executor
+from buildtool.execute.structure import structure_checks
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
 from buildtool.publish.release import publish, rollback
@@ -40,7 +41,12 @@ def test_builds_parents_first_and_passes_parent_digests(fleet_dir: Path, tmp_pat
     _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
     assert [r.status for r in results.values()] == ["built"] * 5
     tags = [b[0] for b in docker.builds]
-    assert tags[0].startswith("127.0.0.1:5000/fleet/base-python:id-")
+    # The root family builds its builder root (target builder-root) first, then its runtime image.
+    assert tags[0].startswith("127.0.0.1:5000/fleet/base-python-builder:id-")
+    assert tags[1].startswith("127.0.0.1:5000/fleet/base-python:id-")
+    assert docker.targets[:2] == [(tags[0], "builder-root"), (tags[1], None)]
+    builder = f"127.0.0.1:5000/fleet/base-python-builder@{results['family:base-python'].builder}"
+    assert all(b[1]["BUILDER_IMAGE"] == builder for b in docker.builds[2:])  # every child and service builds on it
     web = next(b for b in docker.builds if "/family-web:" in b[0])
     parent = results["family:base-cpu-pydeps"]
     assert web[1]["PARENT_IMAGE"] == f"127.0.0.1:5000/fleet/base-cpu-pydeps@{parent.digest}"
@@ -57,7 +63,7 @@ def test_service_runs_the_smoke_checks_of_its_whole_lineage(fleet_dir: Path, tmp
     fleet = load_fleet(fleet_dir)
     expected = [c.run for f in fleet.lineage("family-web") for c in f.smoke]
     svc_checks = [argv for ref, argv in docker.checks if "/service-registry-mainpc:" in ref]
-    assert svc_checks == [argv for _, argv in STRUCTURE_CHECKS] + expected
+    assert svc_checks == [argv for _, argv in structure_checks()] + expected
 
 
 def test_second_run_with_nothing_changed_builds_nothing(fleet_dir: Path, tmp_path: Path) -> None:
@@ -132,10 +138,11 @@ def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Pa
     registry = FakeRegistry()
 
     class NoUpstream(FakeDocker):
-        def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log) -> None:
-            if "/legacy-py310-cpu:" in tag:
+        def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log, target=None):
+            if "/legacy-py310-cpu" in tag:
                 raise BuildError("failed to resolve source metadata for docker.io/library/python:3.10-slim-bookworm")
-            super().build(context=context, tag=tag, build_args=build_args, secrets=secrets, cache_ref=cache_ref, labels=labels, log=log)
+            return super().build(context=context, tag=tag, build_args=build_args, secrets=secrets, cache_ref=cache_ref, labels=labels, log=log,
+                                 target=target)
 
     _, results = run(fleet_dir, tmp_path, registry, NoUpstream(registry), families=["legacy-py310-cpu", "base-utils"])
     legacy = results["family:legacy-py310-cpu"]
@@ -153,7 +160,7 @@ def test_failed_bootstrap_names_the_family_file_and_root_keys(fleet_dir: Path, t
     _, results = run(fleet_dir, tmp_path, registry, FakeDocker(registry), bootstrap=no_such_package, families=["legacy-py310-cpu"])
     legacy = results["family:legacy-py310-cpu"]
     assert legacy.status == "failed"
-    assert legacy.message.startswith("families/legacy-py310-cpu.toml: root: bootstrapping jammy with ")
+    assert legacy.message.startswith("families/legacy-py310-cpu.toml: root: bootstrapping the runtime root of jammy failed")
     assert "root.packages" in legacy.message and "E: Unable to locate package libpython3.99-stdlib" in legacy.message
     assert "I: chroot" not in legacy.message
     assert registry.entries == {}  # nothing built, nothing pushed
@@ -180,3 +187,63 @@ def test_pip_index_token_reaches_builds_only_as_a_secret(fleet_dir: Path, tmp_pa
     text = make_plan(fleet, families=["family-web"]).step("family:family-web").rendered.dockerfile
     assert "--mount=type=secret,id=pip_index,required=false" in text
     assert "FLEET_PIP_INDEX_URL" not in text and "ARG PIP_INDEX_URL" not in text
+
+
+def test_an_image_over_its_budget_fails_before_it_is_pushed(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    docker.sizes["base-utils"] = 46_000_000  # base-python's budget of 45 MB holds for base-utils too
+    _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-cpu-pydeps"])
+    utils = results["family:base-utils"]
+    assert utils.status == "failed" and utils.message.startswith("base-utils is 46.0 MB compressed, over its budget of 45 MB")
+    assert results["family:base-cpu-pydeps"].status == "blocked"
+    assert not any(repo == "fleet/base-utils" for repo, _ in registry.entries)
+
+
+def test_a_family_may_only_warn_about_its_budget_and_says_why(fleet_dir: Path, tmp_path: Path) -> None:
+    utils = fleet_dir / "families" / "base-utils.toml"
+    utils.write_text(utils.read_text().replace("[env]", 'budget_policy = "warn"\nbudget_reason = "curl brings gnutls back"\n\n[env]'))
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    docker.sizes["base-utils"] = 46_000_000
+    _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-utils"])
+    utils_result = results["family:base-utils"]
+    assert utils_result.status == "built" and utils_result.compressed == 46_000_000
+    assert utils_result.warnings == ('WARN base-utils is 46.0 MB compressed, over its budget of 45 MB (budget_mb of families/base-utils.toml or its '
+                                     'parents); make it smaller or raise the budget (budget_policy = "warn")',)  # fmt: skip
+
+
+def test_a_root_without_its_builder_root_in_the_registry_is_built_again(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    run(fleet_dir, tmp_path, registry, FakeDocker(registry), families=["base-utils"])
+    builder = next(key for key in registry.entries if key[0] == "fleet/base-python-builder")
+    del registry.entries[builder]
+    docker = FakeDocker(registry)
+    _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-utils"])
+    assert results["family:base-python"].status == "built" and results["family:base-utils"].status == "cached"
+    assert results["family:base-python"].builder == registry.digest("fleet/base-python-builder", builder[1])
+
+
+def test_structure_checks_refuse_package_managers_unless_the_family_lists_them() -> None:
+    names = [name for name, _ in structure_checks()]
+    assert names == ["no setuid or setgid files", "no man pages, info pages or docs (copyright files excepted)",
+                     "no apt, dpkg, perl, pip (a family that needs one lists it in runtime_tools)"]  # fmt: skip
+    tools = structure_checks(["perl", "pip"])[-1]
+    assert tools[0] == "no apt, dpkg (a family that needs one lists it in runtime_tools)"
+    assert tools[1][-2:] == ("apt apt-get dpkg", "")  # pip allowed: neither the command nor the module is refused
+    assert len(structure_checks(["apt", "dpkg", "perl", "pip"])) == 2
+
+
+def test_the_structure_checks_find_what_they_look_for(real_subprocess: None) -> None:
+    """Run on this host (which has pip, apt and docs), the checks fail and say what they found."""
+    import subprocess
+    import sys
+
+    checks = dict(structure_checks())
+    tools = checks["no apt, dpkg, perl, pip (a family that needs one lists it in runtime_tools)"]
+    found = subprocess.run([sys.executable, *tools[1:]], capture_output=True, text=True)
+    assert found.returncode == 1 and "python -m pip (" in found.stderr
+    nothing = subprocess.run([sys.executable, *tools[1:3], "no-such-tool", ""], capture_output=True, text=True)
+    assert nothing.returncode == 0
+    docs = subprocess.run([sys.executable, *checks["no man pages, info pages or docs (copyright files excepted)"][1:]], capture_output=True, text=True)
+    assert docs.returncode == 1 and "files, e.g. /usr/share/" in docs.stderr

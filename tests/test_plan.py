@@ -6,10 +6,10 @@ import dataclasses
 
 import pytest
 
-from buildtool.core.errors import UsageError
+from buildtool.core.errors import ConfigError, UsageError
 from buildtool.model.sources import SourceTree
 from buildtool.model.types import Fleet
-from buildtool.plan.plan import make_plan
+from buildtool.plan.plan import MB, make_plan
 from tests import memory
 
 
@@ -132,3 +132,39 @@ def test_plan_json_lists_steps_with_identities() -> None:
     assert data["machines"] == ["small"]
     assert [s["repository"] for s in data["steps"]] == ["base", "utils", "pydeps", "web"]
     assert all(len(s["identity"]) == 64 and s["id_tag"] == "id-" + s["identity"][:24] for s in data["steps"])
+
+
+def test_a_root_is_its_os_lock_and_every_step_knows_its_builder_root() -> None:
+    fleet = memory.fleet()
+    before = identities(fleet, all_families=True)
+    moved = memory.with_os_locks(fleet, {"root-runtime": (("libc6", "2.36-9+deb12u14"), ("python3-minimal", "3.11.2-1+b1"))})
+    after = identities(moved, all_families=True)
+    assert {k for k in before if before[k] != after[k]} == set(before)  # both roots and everything on them
+    plan = make_plan(fleet, all_services=True)
+    for step in plan.steps:
+        root = plan.step(step.builder)
+        assert root.root is not None and root.name == step.lineage[0], step.key
+    assert plan.step("family:base").builder_repository == "base-builder"
+    assert plan.step("family:utils").builder_repository == ""
+
+
+def test_two_images_that_would_share_a_repository_are_a_config_error() -> None:
+    fleet = memory.fleet()
+    clash = memory._family("base-builder", parent="base")  # base's builder root is pushed to base-builder
+    with pytest.raises(ConfigError) as info:
+        make_plan(dataclasses.replace(fleet, families={**fleet.families, "base-builder": clash}))
+    assert "'base-builder'" in info.value.message and "families/base.toml" in info.value.message
+    worker = fleet.services["Worker"]
+    named = dataclasses.replace(worker, name="Web", file="services/Web.toml", machines=("big",))  # slug web -> repository web-big
+    web_big = memory._family("web-big", parent="web")
+    with pytest.raises(ConfigError, match="rename one of them"):
+        make_plan(dataclasses.replace(fleet, families={**fleet.families, "web-big": web_big}, services={**fleet.services, "Web": named}))
+
+
+def test_budgets_are_compressed_megabytes() -> None:
+    step = make_plan(memory.fleet(), families=["base"]).step("family:base")
+    assert step.budget_mb == 100
+    assert step.budget_problem(100 * MB) == ""
+    assert step.budget_problem(100 * MB + 1) == (
+        "base is 100.0 MB compressed, over its budget of 100 MB (budget_mb of families/base.toml or its parents); make it smaller or raise the budget"
+    )

@@ -14,7 +14,7 @@ from buildtool import settings as run_settings
 from buildtool.core.errors import BuildError, ReleaseError
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
-from buildtool.publish.release import Revision, publish, release_tag, revision
+from buildtool.publish.release import Revision, labels, publish, release_tag, revision
 from tests.fakes import FakeEngine, FakeRegistry, QuietProgress
 
 COMMIT = Revision(sha="abc1234", date=dt.date(2026, 11, 20), dirty=False)
@@ -41,6 +41,10 @@ def test_revision_reads_the_commit(tmp_path: Path, real_subprocess: None) -> Non
     dirty = revision(tmp_path)
     assert dirty.dirty and len(dirty.changes) == 8 and release_tag(dirty, []).endswith(f"-dirty-{dirty.changes}")
     assert revision(tmp_path / "nowhere").sha == "nogit"
+    # Images carry the commit and its date, never the build's: the same commit labels the same way.
+    assert labels(rev) == {"org.opencontainers.image.revision": rev.full, "fleet.commit-date": "2026-01-02T03:04:05Z"}
+    assert len(rev.full) == 40 and labels(dirty)["org.opencontainers.image.revision"] == f"{rev.full}-dirty-{dirty.changes}"
+    assert labels(revision(tmp_path / "nowhere")) == {}  # no commit, no label (not today's date)
 
 
 def test_an_existing_release_tag_is_never_overwritten() -> None:

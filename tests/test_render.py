@@ -75,12 +75,67 @@ def test_dockerfiles_never_copy_the_ca_bundle() -> None:
                 assert "pip_ca" not in line and "secret" not in line, line
 
 
-def test_bootstrap_root_family() -> None:
+def test_bootstrap_root_family_has_a_builder_root_and_a_runtime_root() -> None:
     fleet = memory.fleet()
     text = render_family(fleet, fleet.families["base"], None).dockerfile
-    assert "FROM scratch AS base" in text and "ADD rootfs.tar /" in text
-    assert "appuser:x:10001:10001" in text
+    builder, runtime = text.split("FROM scratch AS root\n")
+    assert "FROM scratch AS builder-root\nADD builder-rootfs.tar /\nENV " in builder
+    assert runtime.startswith("ADD rootfs.tar /\n") and "FROM root AS runtime" in runtime
+    assert "RUN" not in text  # the venv and the user come with the bootstrapped roots
+    assert "lockfiles/os/base.txt" in text
     assert text.rstrip().endswith("USER 10001:10001")
+
+
+def _apt_requests(text: str) -> list[str]:
+    """The package arguments of every `apt-get install` of a Dockerfile."""
+    out = []
+    for run in re.findall(r"apt-get install -y --no-install-recommends \\\n(.*?) \\\n && rm", text, re.S):
+        out += [w.strip("'\\ ") for w in run.split() if w.strip("'\\ ")]
+    return out
+
+
+def test_os_packages_are_installed_at_locked_versions_in_the_builder_root_and_exported() -> None:
+    fleet = memory.fleet()
+    rendered = render_family(fleet, fleet.families["utils"], None)
+    text = rendered.dockerfile
+    assert "FROM ${BUILDER_IMAGE} AS os-packages" in text
+    assert _apt_requests(text) == ["curl=7.88.1-10+deb12u15", "libcurl4=7.88.1-10+deb12u15"]
+    assert "python3 /tmp/dpkg.py export --parent-status /tmp/parent-status --pins /tmp/os-pins.txt --out /staging \\\n      curl" in text
+    runtime = text.split("AS runtime")[1]
+    assert "COPY --from=os-packages /staging/ /" in runtime and "apt-get" not in runtime
+    files = dict(rendered.files)
+    # The export holds what it copies to the lock: the builder root's versions and the family's own.
+    pins = files["os-pins.txt"].decode().splitlines()
+    assert "apt=2.6.1" in pins and "curl=7.88.1-10+deb12u15" in pins
+    assert files["dpkg.py"].startswith(b'"""dpkg databases')
+
+
+def test_a_changed_os_lock_changes_the_context() -> None:
+    fleet = memory.fleet()
+    before = render_family(fleet, fleet.families["utils"], None).digest()
+    moved = memory.with_os_locks(fleet, {"runtime": (("curl", "7.88.1-10+deb12u16"), ("libcurl4", "7.88.1-10+deb12u16"))})
+    assert render_family(moved, moved.families["utils"], None).digest() != before
+
+
+def test_children_build_on_the_builder_root_with_their_parents_packages() -> None:
+    fleet = memory.fleet()
+    text = render_family(fleet, fleet.families["web"], None).dockerfile
+    builder = text.split("AS builder\n")[1].split("AS runtime")[0]
+    assert text.count("FROM ${BUILDER_IMAGE} AS builder") == 1
+    assert "COPY --from=parent /opt/venv/ /opt/venv/" in builder
+    # pip check runs where pip is, over the parent's packages and this family's.
+    assert "PYTHONPATH=/install/lib/python3.11/site-packages /opt/venv/bin/python -m pip check" in builder
+    assert "FROM parent AS runtime" in text
+
+
+def test_service_builder_stage_starts_from_the_builder_root() -> None:
+    fleet = memory.fleet()
+    worker = render_service(fleet, fleet.services["Worker"], fleet.machines["big"]).dockerfile
+    assert "FROM ${BUILDER_IMAGE} AS builder" in worker and "COPY --from=family /opt/venv/ /opt/venv/" in worker
+    assert "-m pip check" in worker
+    api = render_service(fleet, fleet.services["Api"], fleet.machines["big"]).dockerfile
+    assert "COPY --from=family /opt/venv/" not in api  # nothing to install: the family's packages are not needed to compile the app
+    assert "FROM family AS runtime" in api and "/opt/venv/bin/python -m compileall -q /app" in api
 
 
 def test_child_family_installs_only_its_own_pins() -> None:
@@ -108,7 +163,7 @@ def test_source_builds_get_their_tools_in_the_builder_stage_only() -> None:
         builder, runtime = rendered.dockerfile.split("AS runtime")
         assert f"ARG CMAKE_CUDA_ARCHITECTURES={arch}\n" in builder
         assert 'CMAKE_ARGS="-DARCH=${CMAKE_CUDA_ARCHITECTURES}"' in builder
-        assert "clang-19" in builder and "clang-19" not in runtime
+        assert "'clang-19=1:19.1.7-3~deb12u1'" in builder and "clang-19" not in runtime  # at its locked version
         assert "build-requirements.txt" in builder and "builder-setup.sh" in builder
         # Compiled wheels must not come from pip's cache, which ignores CMAKE_ARGS and the architecture.
         assert "--no-build-isolation --no-cache-dir --ignore-installed --prefix=/install -r /tmp/requirements.txt" in builder

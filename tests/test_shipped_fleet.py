@@ -25,6 +25,11 @@ def test_rendering_is_deterministic(fleet) -> None:
     assert [(s.key, s.identity, s.rendered.context_files()) for s in a.steps] == [(s.key, s.identity, s.rendered.context_files()) for s in b.steps]
 
 
+def test_every_profile_key_has_a_reader(fleet) -> None:
+    """No warnings: each machine-profile variable is read by a program in the images or declared informational."""
+    assert fleet.warnings == ()
+
+
 def test_service_registry_follows_the_blueprint_table(fleet) -> None:
     text = render_service(fleet, fleet.services["ServiceRegistry"], fleet.machines["mainpc"]).dockerfile
     assert "EXPOSE 7200 8200" in text

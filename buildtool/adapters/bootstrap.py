@@ -2,26 +2,45 @@
 
 No public registry is needed. Ubuntu suites serve the Pythons Debian does not ship (jammy: 3.10,
 with Ubuntu's security updates); their archive key comes from Debian's ``ubuntu-keyring``.
-The tarball is cached by its inputs (sidecar ``OUT.sha256``). With SOURCE_DATE_EPOCH fixed, docs,
-logs and caches removed, and the host's resolv.conf and hostname left out, the same inputs and
-the same archive content give the same tar bytes.
+
+A root family has two roots, both from its OS lock:
+
+* the **runtime** root: minbase plus the family's packages, then every package outside their
+  dependency closure is purged with dpkg (apt, dpkg, perl, debconf, login, ...), and the venv
+  is made without pip. The dpkg status database stays, so scanners see what is there.
+* the **builder** root: minbase plus the packages, ``builder_packages`` (pip) and apt, untouched.
+  Builder stages start from it; it is never deployed.
+
+Every package is installed at its locked version (apt preferences for the essential phase,
+``name=version`` requests for apt's errors), and a hook compares what dpkg installed with the
+lock. The tarball is cached by its inputs (sidecar ``OUT.sha256``). With SOURCE_DATE_EPOCH fixed,
+logs and caches removed and the host's resolv.conf and hostname left out, the same lock gives
+the same tar bytes.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shlex
+import sys
 import time
+from collections.abc import Mapping, Sequence
+from importlib import resources
 from pathlib import Path
 
 from buildtool.adapters import host
 from buildtool.adapters.files import atomic_write
 from buildtool.adapters.setup import DEFAULT_MIRROR, ensure_host_packages, host_mirror
-from buildtool.core.hashing import sha256_json
+from buildtool.core import dpkg
+from buildtool.core.errors import CommandError, LockError
+from buildtool.core.hashing import sha256, sha256_json
 from buildtool.model.types import UBUNTU_SUITES
 
 log = logging.getLogger("buildtool.bootstrap")
 
+VARIANTS = ("runtime", "builder")
 # Keep images small: no man pages, docs (copyright files stay), locales or info pages.
 DPKG_OPTS = [
     "path-exclude=/usr/share/man/*",
@@ -32,21 +51,24 @@ DPKG_OPTS = [
     "path-exclude=/usr/share/info/*",
     "path-exclude=/usr/share/lintian/*",
 ]
-# Removed after installation: files that differ between two runs or two hosts (mmdebstrap's own
-# cleanup already drops apt lists and dpkg/apt logs; this makes sure of it), and the host's
-# resolv.conf/hostname, which the engine mounts into every container anyway.
+# Removed after installation: files that differ between two runs or two hosts, the lock's apt
+# preferences, and the host's resolv.conf/hostname (the engine mounts its own into containers).
 CLEANUP = (
     'cd "$1" && rm -rf var/lib/apt/lists/* var/cache/apt/*.bin var/cache/apt/archives/*.deb '
     "var/log/dpkg.log var/log/alternatives.log var/log/apt/* var/cache/ldconfig/aux-cache "
-    "var/lib/dpkg/*-old var/cache/debconf/*-old etc/resolv.conf etc/hostname "
+    "var/lib/dpkg/*-old var/cache/debconf/*-old etc/resolv.conf etc/hostname etc/apt/preferences.d/buildtool-lock "
     # No image needs setuid or setgid programs (su, mount, passwd...): services run as 10001.
     "&& find . -xdev -perm /6000 -type f -exec chmod ug-s {} +"
 )
+# Debian: /bin, /lib... are links into /usr from the start, so usrmerge (and the perl it needs) is not installed.
+MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 # Suites without -updates and -security archives.
 ROLLING = {"sid", "unstable", "experimental"}
 # Ubuntu suites (model.UBUNTU_SUITES): one archive serves every pocket; tini is in universe.
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
 UBUNTU_KEYRING = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+UNSERVED = re.compile(r"^E: Version '(?P<version>[^']+)' for '(?P<package>[^']+)' was not found$", re.M)
+UNKNOWN = re.compile(r"^E: Unable to locate package (?P<package>\S+)$", re.M)
 
 
 def sources(suite: str) -> list[str]:
@@ -61,35 +83,118 @@ def sources(suite: str) -> list[str]:
     return lines
 
 
-def mmdebstrap_argv(*, suite: str, packages: list[str], out: Path, variant: str) -> list[str]:
-    """The mmdebstrap command line that writes the root filesystem tarball ``out``."""
-    argv = ["mmdebstrap", f"--variant={variant}", "--mode=root", "--format=tar", "--quiet"]
+def includes(suite: str, variant: str, packages: Sequence[str], builder_packages: Sequence[str]) -> list[str]:
+    """The packages a root of ``variant`` asks for on top of minbase (what its lock section resolves)."""
+    if variant == "runtime":
+        return sorted(set(packages))
+    # Children install their OS packages in the builder root with apt (Ubuntu's minbase has none).
+    return sorted({*packages, *builder_packages, "apt"})
+
+
+def merged_usr(suite: str) -> bool:
+    return suite not in UBUNTU_SUITES
+
+
+def _hook(name: str) -> str:
+    return str(resources.files("buildtool.adapters") / "hooks" / name)
+
+
+def mmdebstrap_argv(*, suite: str, variant: str, packages: Sequence[str], keep: Sequence[str], pins: Path | None, prefs: Path | None, out: Path) -> list[str]:
+    """The mmdebstrap command line that writes the ``variant`` root of ``suite`` to ``out``.
+
+    ``packages`` are the includes (``name=version`` when locked); ``keep`` the runtime root's
+    packages whose closure stays; ``pins``/``prefs`` the lock as dpkg.py check and apt read them.
+    """
+    q = shlex.quote
+    dpkg_py = q(dpkg.__file__)
+    argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
     if suite in UBUNTU_SUITES:
         argv.append(f"--keyring={UBUNTU_KEYRING}")
-    argv += [f"--include={','.join(packages)}", f"--customize-hook={CLEANUP}"]
+    if merged_usr(suite):
+        argv.append(f"--hook-dir={MERGED_USR_HOOKS}")
+    if prefs is not None:
+        argv.append(f'--setup-hook=mkdir -p "$1/etc/apt/preferences.d" && cp {q(str(prefs))} "$1/etc/apt/preferences.d/buildtool-lock"')
+    argv.append(f"--include={','.join(packages)}")
+    if pins is not None:
+        argv.append(f'--customize-hook={q(sys.executable)} {dpkg_py} check "$1/var/lib/dpkg/status" {q(str(pins))}')
+    argv.append(f'--customize-hook=sh {q(_hook("venv-user.sh"))} "$1"' + (" --with-pip" if variant == "builder" else ""))
+    if variant == "runtime":
+        strip = f'sh {q(_hook("runtime-strip.sh"))} "$1" {q(sys.executable)} {dpkg_py} ' + " ".join(q(k) for k in sorted(keep))
+        argv += [f"--customize-hook={strip}", "--skip=cleanup/apt"]
+    argv.append(f"--customize-hook={CLEANUP}")
     return [*argv, suite, str(out), *sources(suite)]
 
 
-def bootstrap_rootfs(*, suite: str, packages: list[str], out: Path, source_date_epoch: int, variant: str = "minbase") -> Path:
-    """Write a root filesystem tarball of Debian or Ubuntu ``suite`` with ``packages`` to ``out``; return ``out``.
+def _preferences(pins: Mapping[str, str]) -> str:
+    """apt preferences holding every package at its locked version, in both of mmdebstrap's phases."""
+    return "".join(f"Package: {name}\nPin: version {version}\nPin-Priority: 1001\n\n" for name, version in sorted(pins.items()))
 
-    Skipped when ``out`` exists and its sidecar ``out.sha256`` holds the digest of these inputs.
+
+def _host_tools() -> str:
+    """Versions of the host programs that shape the tarball (mmdebstrap, and dpkg for the runtime's purge)."""
+    try:
+        return host.run(["dpkg-query", "-W", "-f=${Package} ${Version}\n", "mmdebstrap", "dpkg"]).stdout.strip()
+    except CommandError:
+        return ""
+
+
+def bootstrap_rootfs(
+    *,
+    suite: str,
+    variant: str,
+    packages: Sequence[str],
+    builder_packages: Sequence[str] = (),
+    pins: Mapping[str, str] | None,
+    out: Path,
+    source_date_epoch: int,
+) -> Path:
+    """Write the ``variant`` root of ``suite`` to ``out``; return ``out``.
+
+    ``pins`` is the lock section of this root (every package it installs, name -> version);
+    ``None`` installs the archive's current versions (tests of the bootstrap itself). Skipped
+    when ``out`` exists and its sidecar ``out.sha256`` holds the digest of these inputs.
     """
-    argv = mmdebstrap_argv(suite=suite, packages=sorted(packages), out=out, variant=variant)
-    digest = sha256_json({"argv": argv, "source_date_epoch": source_date_epoch})
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown root variant {variant!r}")
+    wanted = includes(suite, variant, packages, builder_packages)
+    requested = [f"{n}={v}" for n, v in sorted(pins.items())] if pins else wanted
+    ensure_host_packages(["mmdebstrap", "ubuntu-keyring"] if suite in UBUNTU_SUITES else ["mmdebstrap"])
+    hooks = {name: (resources.files("buildtool.adapters") / "hooks" / name).read_bytes() for name in ("venv-user.sh", "runtime-strip.sh")}
+    spec = {
+        "suite": suite,
+        "variant": variant,
+        "requested": requested,
+        "keep": sorted(packages),
+        "sources": sources(suite),
+        "dpkg_opts": DPKG_OPTS,
+        "cleanup": CLEANUP,
+        "hooks": {name: sha256(data) for name, data in hooks.items()},
+        "dpkg.py": sha256(Path(dpkg.__file__).read_bytes()),
+        "source_date_epoch": source_date_epoch,
+        "host": _host_tools(),
+    }
+    digest = sha256_json(spec)
     sidecar = out.with_name(out.name + ".sha256")
     if out.is_file() and sidecar.is_file() and sidecar.read_text().strip() == digest:
         log.info("root filesystem %s is cached", out)
         return out
-    ensure_host_packages(["mmdebstrap", "ubuntu-keyring"] if suite in UBUNTU_SUITES else ["mmdebstrap"])
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial.tar")
-    log.info("bootstrapping %s with %s", suite, ", ".join(sorted(packages)))
+    pins_path = prefs_path = None
+    if pins:
+        pins_path = out.with_name(out.name + ".pins")
+        prefs_path = out.with_name(out.name + ".prefs")
+        atomic_write(pins_path, dpkg_pins(pins))
+        atomic_write(prefs_path, _preferences(pins))
+    log.info("bootstrapping the %s root of %s: %s", variant, suite, ", ".join(wanted))
     started = time.monotonic()
-    argv = mmdebstrap_argv(suite=suite, packages=sorted(packages), out=partial, variant=variant)
+    argv = mmdebstrap_argv(suite=suite, variant=variant, packages=requested, keep=packages, pins=pins_path, prefs=prefs_path, out=partial)
     env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)}
-    host.run(host.as_root(argv, env), env=env, timeout=1800)  # --mode=root: through sudo for a CI runner's user
+    try:
+        host.run(host.as_root(argv, env), env=env, timeout=1800)  # --mode=root: through sudo for a CI runner's user
+    except CommandError as exc:
+        raise _explain(exc, suite) from exc
     if os.geteuid() != 0:  # the tarball is root's; the build context hard-links it
         host.run(host.as_root(["chown", f"{os.getuid()}:{os.getgid()}", str(partial)]))
     sidecar.unlink(missing_ok=True)
@@ -97,3 +202,32 @@ def bootstrap_rootfs(*, suite: str, packages: list[str], out: Path, source_date_
     atomic_write(sidecar, digest + "\n")
     log.info("root filesystem %s: %.0f MB in %.0fs", out, out.stat().st_size / 1e6, time.monotonic() - started)
     return out
+
+
+def dpkg_pins(pins: Mapping[str, str]) -> str:
+    return "".join(f"{name}={version}\n" for name, version in sorted(pins.items()))
+
+
+def unserved(text: str) -> list[tuple[str, str]]:
+    """(package, version) of each locked version apt says the archive does not serve."""
+    return sorted({(m["package"], m["version"]) for m in UNSERVED.finditer(text)})
+
+
+def relock_hint(packages: Sequence[str]) -> str:
+    """The explicit command that moves these packages' pins (relocking is never automatic)."""
+    return "`nox -s lock -- " + " ".join(f"--upgrade-package {p}" for p in packages) + "` (or `nox -s lock -- --upgrade` to move every pin)"
+
+
+def _explain(exc: CommandError, suite: str) -> Exception:
+    """A locked version the archive no longer serves, or a drift from the lock: name it and the relock."""
+    gone = unserved(exc.stderr)
+    if gone:
+        listed = ", ".join(f"{p} {v}" for p, v in gone)
+        return LockError(f"the {suite} archive no longer serves the locked {listed}; relock explicitly with {relock_hint([p for p, _ in gone])}")
+    unknown = [m["package"] for m in UNKNOWN.finditer(exc.stderr)]
+    if unknown:
+        return LockError(f"the {suite} archive has no package {', '.join(unknown)}; check the package names in families/, then `nox -s lock`")
+    if "the installed packages are not the locked ones" in exc.stderr:
+        lines = [line.strip() for line in exc.stderr.splitlines() if " is installed" in line or " is locked" in line]
+        return LockError(f"the {suite} root installed other packages than its lock says:\n  " + "\n  ".join(lines) + "\nrelock with `nox -s lock -- --upgrade`")
+    return exc

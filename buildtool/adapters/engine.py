@@ -8,12 +8,14 @@ builds nothing never loads it. Tests replace this class with a fake of
 from __future__ import annotations
 
 import json
+import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buildtool.adapters.protocols import Built
 from buildtool.core.errors import BuildError, VerifyError
 
 if TYPE_CHECKING:
@@ -45,6 +47,21 @@ sys.exit(1 if failures else 0)
 """
 
 
+def oci_archive_manifest(archive: Path) -> Built:
+    """The image manifest's digest and layer sizes of a single-image OCI archive."""
+    with tarfile.open(archive) as tar:
+
+        def read(name: str) -> dict:
+            member = tar.extractfile(name)
+            if member is None:
+                raise BuildError(f"{archive}: {name} is missing from the OCI archive")
+            return json.load(member)
+
+        descriptor = read("index.json")["manifests"][0]
+        manifest = read("blobs/" + descriptor["digest"].replace(":", "/"))
+    return Built(digest=descriptor["digest"], layers=tuple(int(layer["size"]) for layer in manifest["layers"]))
+
+
 def _docker_exception() -> type[DockerException]:
     from python_on_whales.exceptions import DockerException
 
@@ -73,32 +90,50 @@ class Docker:
         tag: str,
         build_args: Mapping[str, str],
         secrets: Sequence[str],
-        cache_ref: str,
+        cache_ref: str | None,
         labels: Mapping[str, str],
         log: Path,
-    ) -> None:
-        """Build into the engine's image store (not pushed: images are pushed after verification)."""
+        target: str | None = None,
+    ) -> Built:
+        """Build ``target`` (default: the last stage) and load it into the engine's image store as ``tag``.
+
+        The image is exported as an OCI archive with every file time clamped to the build's
+        SOURCE_DATE_EPOCH (``rewrite-timestamp``: this BuildKit refuses it on the image
+        exporter), then loaded; the containerd store keeps the manifest, so the digest loaded is
+        the digest pushed later. ``cache_ref`` None builds from scratch: no BuildKit cache, no
+        registry cache. Not pushed: images are pushed after verification.
+        """
+        archive = log.with_name(log.name + ".oci.tar")
+        cache = {} if cache_ref is None else {
+            "cache_from": f"type=registry,ref={cache_ref}",
+            "cache_to": f"type=registry,ref={cache_ref},mode=max,ignore-error=true",
+        }  # fmt: skip
         try:
             stream = self.client.buildx.build(
                 context,
                 file=context / "Dockerfile",
-                tags=[tag],
+                target=target,
                 build_args=dict(build_args),
                 secrets=list(secrets),
                 network="host",
-                cache_from=f"type=registry,ref={cache_ref}",
-                cache_to=f"type=registry,ref={cache_ref},mode=max,ignore-error=true",
+                cache=cache_ref is not None,
                 labels=dict(labels),
-                load=True,
+                output={"type": "oci", "dest": str(archive), "name": tag, "rewrite-timestamp": "true"},
                 provenance=False,
                 progress="plain",
                 stream_logs=True,
+                **cache,
             )
             with log.open("w", encoding="utf-8", buffering=1) as fh:
                 for line in stream:
                     fh.write(line)
+            built = oci_archive_manifest(archive)
+            self.client.image.load(archive, quiet=True)
         except _docker_exception() as exc:
             raise BuildError(f"build of {tag} failed (log: {log}):\n{_tail(exc) or log.read_text()[-3000:]}") from exc
+        finally:
+            archive.unlink(missing_ok=True)
+        return built
 
     def push(self, ref: str) -> None:
         try:

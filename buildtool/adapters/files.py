@@ -14,7 +14,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from buildtool.core.errors import ConfigError, OutputError, Problem
@@ -125,18 +125,18 @@ def inside_repo(repo: Path, rel: str) -> Path:
     return repo / rel
 
 
-def write_context(dest: Path, files: Iterable[tuple[str, bytes]], *, rootfs: Path | None = None) -> Path:
+def write_context(dest: Path, files: Iterable[tuple[str, bytes]], *, links: Mapping[str, Path] | None = None) -> Path:
     """Materialise a build context: the one way a context reaches the disk (render, build, bake,
     the bench). ``dest`` must be new, empty or the toolkit's (it is emptied); ``files`` are
-    (path in the context, bytes); ``rootfs``: a root filesystem tarball, hard-linked in as
-    ``rootfs.tar``."""
+    (path in the context, bytes); ``links``: name in the context -> a large file hard-linked in
+    (the root filesystem tarballs)."""
     dest = owned_dir(dest, what="build context", clear=True)
     for rel, data in files:
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    if rootfs is not None:
-        (dest / "rootfs.tar").hardlink_to(rootfs)
+    for name, path in (links or {}).items():
+        (dest / name).hardlink_to(path)
     return dest
 
 

@@ -8,10 +8,23 @@ fakes (tests/fakes.py, checked against these by tests/test_architecture.py).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from buildtool.adapters.registry import Manifest
+
+
+@dataclass(frozen=True, kw_only=True)
+class Built:
+    """An image the engine built and loaded: its manifest digest and its layers' compressed sizes."""
+
+    digest: str
+    layers: tuple[int, ...]
+
+    @property
+    def compressed(self) -> int:
+        return sum(self.layers)
 
 
 class Engine(Protocol):
@@ -22,10 +35,11 @@ class Engine(Protocol):
         tag: str,
         build_args: Mapping[str, str],
         secrets: Sequence[str],
-        cache_ref: str,
+        cache_ref: str | None,
         labels: Mapping[str, str],
         log: Path,
-    ) -> None: ...
+        target: str | None = None,
+    ) -> Built: ...
 
     def push(self, ref: str) -> None: ...
 

@@ -12,16 +12,23 @@ from pathlib import Path
 from rich.table import Table
 
 from buildtool import pipeline, settings
-from buildtool.cli.console import console, step_summary
+from buildtool.cli.console import console, step_summary, warning
 from buildtool.core.errors import BuildError, LockError, UsageError
 from buildtool.locking import lock as locking
+from buildtool.locking import oslock
 from buildtool.model.load import load_fleet
 from buildtool.model.types import Fleet
 from buildtool.plan.plan import Plan, make_plan
 
 
 def fleet_of(args: argparse.Namespace) -> Fleet:
-    return load_fleet(Path(args.root))
+    """The fleet under --root. Its warnings go to stderr once per command, though a command may read the fleet again."""
+    fleet = load_fleet(Path(args.root))
+    if not getattr(args, "warned", False):
+        for w in fleet.warnings:
+            warning(str(w), file=w.file)
+        args.warned = True
+    return fleet
 
 
 def settings_of(args: argparse.Namespace, fleet: Fleet) -> settings.Settings:
@@ -74,7 +81,8 @@ def out_dir(args: argparse.Namespace, fleet: Fleet, default: str, what: str) -> 
 
 def validate(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
-    console.print(f"fleet is valid: {len(fleet.families)} families, {len(fleet.machines)} machines, {len(fleet.services)} services")
+    warned = f", {len(fleet.warnings)} warning(s)" if fleet.warnings else ""
+    console.print(f"fleet is valid: {len(fleet.families)} families, {len(fleet.machines)} machines, {len(fleet.services)} services{warned}")
     return 0
 
 
@@ -91,23 +99,44 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _apt_cache(run: settings.Settings) -> Path:
+    """The state dir's apt index cache, where OS locks are resolved."""
+    from buildtool.adapters.files import owned_dir
+
+    pipeline.prepare_state(run)
+    return owned_dir(run.state_dir / "apt", repo=run.root, what="apt index cache")
+
+
 def lock(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
-    ca = settings_of(args, fleet).ca_bundle
+    run = settings_of(args, fleet)
     if args.check:
-        problems = locking.check(fleet, ca_bundle=ca)
+        # What the stamps show first (offline, nothing written); then both kinds are resolved again.
+        problems = locking.verify(fleet) + oslock.verify(fleet)
+        problems = problems or locking.check(fleet, ca_bundle=run.ca_bundle) + oslock.check(fleet, cache=_apt_cache(run))
         if problems:
             raise LockError("locks do not match their inputs:\n" + "\n".join(f"  - {p}" for p in problems))
-        console.print(f"all {len(locking.targets(fleet))} locks match their inputs and a fresh resolution of them")
+        console.print(f"all {len(locking.targets(fleet))} Python locks and {len(oslock.os_targets(fleet))} OS package locks "
+                      "match their inputs and a fresh resolution of them")  # fmt: skip
         return 0
     total = time.monotonic()
-    outcomes = locking.lock(fleet, args.names, engine=args.engine, upgrade=args.upgrade, upgrade_packages=args.upgrade_package, ca_bundle=ca)
+    families = set(fleet.families)
+    python_names = [n for n in args.names if n not in families or any(t.name == n for t in locking.targets(fleet))]
+    outcomes = locking.lock(fleet, python_names if args.names else None, engine=args.engine, upgrade=args.upgrade,
+                            upgrade_packages=args.upgrade_package, ca_bundle=run.ca_bundle)  # fmt: skip
     for o in outcomes:
         state = "locked" if o.changed else "resolved, unchanged" if o.resolved else "up to date"
         took = f"{o.seconds:6.1f}s" if o.resolved else " " * 7
         console.print(f"{state:<20} {o.target.name:<28} {o.pins:>4} pins {took}  {o.target.path}")
-    changed = sum(o.changed for o in outcomes)
-    console.print(f"{changed} of {len(outcomes)} locks changed in {time.monotonic() - total:.2f}s ({args.engine})")
+    fleet = fleet_of(args)  # the OS locks of children build on their root's, which may just have moved
+    os_outcomes = oslock.lock(fleet, [n for n in args.names if n in families], cache=_apt_cache(run), upgrade=args.upgrade,
+                              upgrade_packages=args.upgrade_package)  # fmt: skip
+    for o in os_outcomes:
+        state = "locked" if o.changed else "resolved, unchanged" if o.resolved else "up to date"
+        took = f"{o.seconds:6.1f}s" if o.resolved else " " * 7
+        console.print(f"{state:<20} {o.target.family + ' (OS)':<28} {o.packages:>4} debs {took}  {o.target.path}")
+    changed = sum(o.changed for o in outcomes) + sum(o.changed for o in os_outcomes)
+    console.print(f"{changed} of {len(outcomes) + len(os_outcomes)} locks changed in {time.monotonic() - total:.2f}s ({args.engine}, apt)")
     return 0
 
 
@@ -150,6 +179,32 @@ def build(args: argparse.Namespace) -> int:
         show_sizes(run.sizes)
     for note in run.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    return 0
+
+
+def repro(args: argparse.Namespace) -> int:
+    """Build the selection twice from scratch and compare every digest; name the first difference."""
+    from buildtool import repro as reproducibility
+    from buildtool.cli.progress import Progress
+
+    fleet = fleet_of(args)
+    the_plan = plan_of(fleet, args)
+    run_settings = settings_of(args, fleet)
+    rows = ((s.key, s.repository + (f" ({s.machine})" if s.machine else "")) for s in the_plan.steps)
+    started = time.monotonic()
+    with Progress(rows) as progress:
+        comparisons = reproducibility.run_twice(run_settings, fleet, the_plan, progress=progress)
+    table = Table(title=f"two builds from scratch ({time.monotonic() - started:.0f}s)")
+    for col in ("image", "first build", "second build", "same"):
+        table.add_column(col)
+    for c in comparisons:
+        table.add_row(c.repository, c.first[:19], c.second[:19], "yes" if c.same else "[red]NO[/]")
+    console.print(table)
+    differ = [c for c in comparisons if not c.same]
+    if differ:
+        details = "\n".join(f"  - {c.repository}: {c.difference}" for c in differ)
+        raise BuildError(f"{len(differ)} of {len(comparisons)} images are not reproducible:\n{details}")
+    console.print(f"all {len(comparisons)} images are reproducible: two builds from scratch gave the same digests")
     return 0
 
 
@@ -202,10 +257,10 @@ def bench(args: argparse.Namespace) -> int:
     run_settings = settings_of(args, fleet)
     rows = benching.run_bench(run_settings, lock_all=args.lock_all)
     table = Table(title="bench (same run, same machine)")
-    for col in ("measurement", "toolkit s", "baseline", "baseline s", "speed-up"):
-        table.add_column(col, justify="right" if col.endswith("s") or col == "speed-up" else "left")
+    for col in ("measurement", "toolkit", "baseline", "baseline value", "ratio (baseline / toolkit)"):
+        table.add_column(col, justify="left" if col in ("measurement", "baseline") else "right")
     for name, ours, kind, base in rows:
-        table.add_row(name, f"{ours:.2f}", kind, f"{base:.2f}", f"{base / ours:.1f}x" if ours else "-")
+        table.add_row(name, f"{ours:.2f}", kind, f"{base:.2f}", f"{base / ours:.2f}x" if ours else "-")
     console.print(table)
     return 0
 

@@ -28,6 +28,15 @@ def error(message: str, *, file: str | None = None) -> None:
         print(f"::error{loc}::{first}", file=sys.stderr)
 
 
+def warning(message: str, *, file: str | None = None) -> None:
+    """Something to fix that fails nothing (a fleet setting that does nothing), on stderr."""
+    err_console.print(f"[bold yellow]warning:[/] {escape(message)}")
+    if IN_GITHUB:
+        loc = f" file={file}" if file else ""
+        first = message.splitlines()[0] if message else ""
+        print(f"::warning{loc}::{first}", file=sys.stderr)
+
+
 def step_summary(markdown: str) -> None:
     """Append to the GitHub Actions job summary when running there."""
     path = os.environ.get("GITHUB_STEP_SUMMARY")

@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="a new, empty or toolkit-marked folder (default: build/bake)")
     p.set_defaults(func=commands.bake)
 
+    p = sub.add_parser("repro", help="build the selection twice from scratch and compare the image digests")
+    _selection(p)
+    p.set_defaults(func=commands.repro)
+
     p = sub.add_parser("bench", help="measure no-op and one-change rebuilds and locking against baselines")
     p.add_argument("--lock-all", action="store_true", help="lock the GPU families too (pip-compile takes minutes each)")
     p.set_defaults(func=commands.bench)

@@ -52,6 +52,16 @@ class LockError(ToolError):
     exit_code = 4
 
 
+class UnservedVersion(LockError):
+    """Locked package versions the archive no longer serves (it keeps only the newest of each
+    pocket). ``packages``: each (package, version), sorted."""
+
+    def __init__(self, packages: list[tuple[str, str]], archive: str) -> None:
+        self.packages = sorted(set(packages))
+        self.archive = archive
+        super().__init__("; ".join(f"{p} {v} is no longer served by the {archive} archive" for p, v in self.packages))
+
+
 class CommandError(ToolError):
     """An external command failed."""
 

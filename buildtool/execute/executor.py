@@ -11,33 +11,24 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
+from buildtool.adapters.bootstrap import relock_hint, unserved
 from buildtool.adapters.files import owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
-from buildtool.core.errors import BuildError, CommandError, ToolError, VerifyError
+from buildtool.core.errors import BuildError, CommandError, LockError, ToolError, VerifyError
 from buildtool.core.hashing import sha256_json
 from buildtool.execute.gate import Verdict
 from buildtool.execute.security import Security, registry_sbom
+from buildtool.execute.structure import structure_checks
 from buildtool.plan.plan import Plan, Step
 from buildtool.settings import Settings
 
 APP_USER = "10001:10001"
-# Structure checks every image passes besides its family's smoke checks (Python: not every image has find).
-STRUCTURE_CHECKS = (
-    (
-        "no setuid or setgid files",
-        ("python", "-c", "import os, stat, sys\n"
-         "bad = [os.path.join(d, f) for d, _, fs in os.walk('/') if not d.startswith(('/proc', '/sys', '/dev'))\n"
-         "       for f in fs if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))\n"
-         "       and os.lstat(os.path.join(d, f)).st_mode & (stat.S_ISUID | stat.S_ISGID)]\n"
-         "sys.exit('setuid/setgid: ' + ' '.join(sorted(bad)) if bad else 0)"),
-    ),
-)  # fmt: skip
 log = logging.getLogger("buildtool.execute")
 
 
@@ -65,9 +56,21 @@ class Result:
     message: str = ""
     verdict: Verdict | None = None  # the supply-chain gate's, when the run scans
     sbom: dict[str, object] | None = None  # digest and component count of the SBOM attached to the image
+    builder: str = ""  # root steps: the digest of their builder root
+    compressed: int = 0  # bytes of compressed layers
+    warnings: tuple[str, ...] = ()  # what the run reports without failing (an image over a "warn" budget)
 
 
 Bootstrapper = Callable[..., Path]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # built | cached
+    digest: str
+    builder: str
+    compressed: int
+    warnings: tuple[str, ...]
 
 
 class Executor:
@@ -80,14 +83,14 @@ class Executor:
         registry: Registry,
         progress: Progress,
         bootstrap: Bootstrapper | None = None,
-        revision: str = "",
+        labels: Mapping[str, str] | None = None,
         security: Security | None = None,
     ) -> None:
         self.plan = plan
         self.security = security  # None: no scans (the gate is the pipeline's to configure)
         self._verdicts: dict[str, Verdict] = {}
         self._sboms: dict[str, dict[str, object]] = {}
-        self.revision = revision  # org.opencontainers.image.revision of what is built
+        self.labels = dict(labels or {})  # what every image built carries: the commit and its date
         self.settings = settings
         self.engine = engine
         self.registry = registry
@@ -128,9 +131,10 @@ class Executor:
     def _guarded(self, step: Step, parent: Result | None) -> Result:
         start = time.monotonic()
         try:
-            status, digest = self._step(step, parent)
-            return Result(key=step.key, repository=step.repository, status=status, digest=digest, seconds=time.monotonic() - start,
-                          verdict=self._verdicts.get(step.key), sbom=self._sboms.get(step.key))  # fmt: skip
+            outcome = self._step(step, parent)
+            return Result(key=step.key, repository=step.repository, status=outcome.status, digest=outcome.digest,
+                          seconds=time.monotonic() - start, verdict=self._verdicts.get(step.key), sbom=self._sboms.get(step.key),
+                          builder=outcome.builder, compressed=outcome.compressed, warnings=outcome.warnings)  # fmt: skip
         except GateFailure as exc:
             message = exc.message
             return Result(key=step.key, repository=step.repository, status="failed", seconds=time.monotonic() - start, message=message,
@@ -144,15 +148,18 @@ class Executor:
 
     # -- one image --------------------------------------------------------------------------
 
-    def _step(self, step: Step, parent: Result | None) -> tuple[str, str]:
+    def _step(self, step: Step, parent: Result | None) -> Outcome:
         s = self.settings
         repo = s.ref(step.repository).path
         self.progress.update(step.key, "checking")
         digest = self.registry.digest(repo, step.id_tag)
-        if digest:
+        builder = self.registry.digest(s.ref(step.builder_repository).path, step.id_tag) if step.root is not None else ""
+        if digest and builder is not None:
+            compressed = sum(self.registry.layer_sizes(repo, digest))
+            warnings = self._budget(step, compressed)
             if self.security:
                 self._gate_cached(step, repo, digest)
-            return "cached", digest
+            return Outcome("cached", digest, builder, compressed, warnings)
 
         self.progress.update(step.key, "building")
         context = self._context(step)
@@ -161,36 +168,33 @@ class Executor:
             parent_step = self.plan.step(step.parent)
             arg = "FAMILY_IMAGE" if step.kind == "service" else "PARENT_IMAGE"
             args[arg] = str(s.ref(parent_step.repository, digest=parent.digest))
-        labels = {"fleet.identity": step.identity}
-        if self.revision:
-            labels["org.opencontainers.image.revision"] = self.revision
+        if step.root is None and step.builder:
+            args["BUILDER_IMAGE"] = str(s.ref(self.plan.step(step.builder).builder_repository, digest=self.results[step.builder].builder))
+        labels = {"fleet.identity": step.identity, **self.labels}
         ref = str(s.ref(step.repository, step.id_tag))
-        logfile = s.state_dir / "logs" / f"{step.repository}.log"
-        logfile.parent.mkdir(parents=True, exist_ok=True)
+        logs = s.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        build = dict(context=context, build_args=args, secrets=s.secrets(), cache_ref=str(s.cache_ref(step.repository)) if s.cache else None, labels=labels)
+        builder_ref = ""
         try:
-            self.engine.build(
-                context=context,
-                tag=ref,
-                build_args=args,
-                secrets=s.secrets(),
-                cache_ref=str(s.cache_ref(step.repository)),
-                labels=labels,
-                log=logfile,
-            )
+            if step.root is not None:
+                builder_ref = str(s.ref(step.builder_repository, step.id_tag))
+                self.engine.build(tag=builder_ref, target="builder-root", log=logs / f"{step.builder_repository}.log", **build)
+            built = self.engine.build(tag=ref, log=logs / f"{step.repository}.log", **build)
         except BuildError as exc:
-            if step.root is not None and step.root.source == "image" and step.root.image in exc.message:
-                raise BuildError(
-                    f"{exc.message}\n{step.name}: its root image {step.root.image!r} could not be pulled. Point [root] image in "
-                    f"families/{step.name}.toml at a registry that serves it (e.g. a mirror in {s.registry}); "
-                    "the toolkit does not substitute another Python."
-                ) from exc
-            raise
+            raise self._explain(step, exc) from exc
+        warnings = self._budget(step, built.compressed)
         self.progress.update(step.key, "verifying")
         self.verify(step, ref)
         scanned = self._gate_built(step, ref) if self.security else None
         self.progress.update(step.key, "pushing")
+        if builder_ref:
+            self.engine.push(builder_ref)
+            builder = self.registry.digest(s.ref(step.builder_repository).path, step.id_tag, fresh=True)
+            if not builder:
+                raise BuildError(f"{builder_ref} was pushed but the registry does not show it")
         self.engine.push(ref)
-        digest = self.registry.digest(repo, step.id_tag)
+        digest = self.registry.digest(repo, step.id_tag, fresh=True)
         if not digest:
             raise BuildError(f"{ref} was pushed but the registry does not show it")
         if self.security and scanned:
@@ -200,7 +204,30 @@ class Executor:
             self._sboms[step.key] = self.security.attach_sbom(self.registry, repo, manifest, sbom)
             self.security.attach_report(self.registry, repo, manifest, report)
             self.security.keep(digest, report=report, sbom=self._sboms[step.key])
-        return "built", digest
+        return Outcome("built", digest, builder or "", built.compressed, warnings)
+
+    def _budget(self, step: Step, compressed: int) -> tuple[str, ...]:
+        """Fail the step when the image is over its budget, or (budget_policy = "warn") say so."""
+        problem = step.budget_problem(compressed)
+        if problem and step.budget_policy == "warn":
+            return (f"WARN {problem} (budget_policy = \"warn\")",)
+        if problem:
+            raise VerifyError(problem)
+        return ()
+
+    def _explain(self, step: Step, exc: BuildError) -> Exception:
+        """A build error in terms of the fleet: a root image that cannot be pulled, an OS package the archive dropped."""
+        if step.root is not None and step.root.source == "image" and step.root.image in exc.message:
+            return BuildError(
+                f"{exc.message}\n{step.name}: its root image {step.root.image!r} could not be pulled. Point [root] image in "
+                f"families/{step.name}.toml at a registry that serves it (e.g. a mirror in {self.settings.registry}); "
+                "the toolkit does not substitute another Python."
+            )
+        gone = unserved(exc.message)
+        if gone:
+            listed = ", ".join(f"{p} {v}" for p, v in gone)
+            return LockError(f"{step.repository}: the archive no longer serves the locked {listed}; relock explicitly with {relock_hint([p for p, _ in gone])}")
+        return exc
 
     # -- the supply-chain gate --------------------------------------------------------------
 
@@ -247,19 +274,19 @@ class Executor:
             raise GateFailure(f"{step.repository}: failed the supply-chain gate ({verdict.summary()}):\n" + "\n".join(f"  {x}" for x in lines), verdict)
 
     def _context(self, step: Step) -> Path:
-        tar = None
+        links = None
         if step.root is not None and step.root.source == "bootstrap":
             if self.bootstrap is None:
                 raise BuildError(f"{step.name} needs a bootstrapped root filesystem, but no bootstrapper is configured")
-            tar = rootfs(step, self.settings, self.bootstrap)
-        return write_context(self.settings.state_dir / "contexts" / step.repository, step.rendered.context_files(), rootfs=tar)
+            links = rootfs(step, self.settings, self.bootstrap)
+        return write_context(self.settings.state_dir / "contexts" / step.repository, step.rendered.context_files(), links=links)
 
     def verify(self, step: Step, ref: str) -> None:
         """Checks before anything is pushed: non-root user, smoke checks of the whole lineage, health."""
         user = self.engine.image_user(ref)
         if user != APP_USER:
             raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
-        failures = self.engine.run_checks(ref, [*STRUCTURE_CHECKS, *((c.name, c.run) for c in step.smoke if not c.gpu)])
+        failures = self.engine.run_checks(ref, [*structure_checks(step.runtime_tools), *((c.name, c.run) for c in step.smoke if not c.gpu)])
         gpu_checks = [(c.name, c.run) for c in step.smoke if c.gpu]
         if gpu_checks and self.engine.gpus_available(ref):
             failures += self.engine.run_checks(ref, gpu_checks, gpus=True)
@@ -272,20 +299,31 @@ class Executor:
             self.engine.wait_healthy(ref, name=f"fleet-verify-{step.repository}-{os.getpid()}", timeout=self.settings.health_timeout)
 
 
-def rootfs(step: Step, settings: Settings, bootstrap: Bootstrapper) -> Path:
-    """The bootstrapped root filesystem of a root family, cached under the state dir by its inputs."""
+ROOTFS = {"runtime": "rootfs.tar", "builder": "builder-rootfs.tar"}  # variant -> name in the root family's context
+
+
+def rootfs(step: Step, settings: Settings, bootstrap: Bootstrapper) -> dict[str, Path]:
+    """The two bootstrapped roots of a root family (name in the context -> tarball), cached under
+    the state dir by their locks."""
     assert step.root is not None
-    spec = sha256_json([step.root.suite, list(step.root.packages), settings.source_date_epoch])[:16]
-    tar = settings.state_dir / "rootfs" / f"{step.root.suite}-{spec}.tar"
-    tar.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return bootstrap(suite=step.root.suite, packages=list(step.root.packages), out=tar, source_date_epoch=settings.source_date_epoch)
-    except CommandError as exc:
-        apt = [line for line in exc.stderr.splitlines() if line.startswith("E:")][-3:] or exc.stderr.strip().splitlines()[-3:]
-        raise BuildError(
-            f"families/{step.name}.toml: root: bootstrapping {step.root.suite} with {', '.join(step.root.packages)} failed; "
-            f"check that root.suite is reachable and each of root.packages exists in it:\n" + "\n".join(apt)
-        ) from exc
+    out = {}
+    for variant, name in ROOTFS.items():
+        pins = dict(step.root_pins.get(f"root-{variant}", ()))
+        spec = sha256_json([step.root.suite, variant, list(step.root.packages), list(step.root.builder_packages), sorted(pins.items()),
+                            settings.source_date_epoch])[:16]  # fmt: skip
+        tar = settings.state_dir / "rootfs" / f"{step.root.suite}-{variant}-{spec}.tar"
+        tar.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            out[name] = bootstrap(suite=step.root.suite, variant=variant, packages=list(step.root.packages),
+                                  builder_packages=list(step.root.builder_packages), pins=pins, out=tar,
+                                  source_date_epoch=settings.source_date_epoch)  # fmt: skip
+        except CommandError as exc:
+            apt = [line for line in exc.stderr.splitlines() if line.startswith("E:")][-3:] or exc.stderr.strip().splitlines()[-3:]
+            raise BuildError(
+                f"families/{step.name}.toml: root: bootstrapping the {variant} root of {step.root.suite} failed; "
+                f"check that root.suite is reachable and each of root.packages exists in it:\n" + "\n".join(apt)
+            ) from exc
+    return out
 
 
 def summarize(results: list[Result]) -> dict[str, int]:

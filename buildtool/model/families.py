@@ -26,7 +26,7 @@ from buildtool.model.schema import (
     check_source,
     file_names,
 )
-from buildtool.model.types import UBUNTU_SUITES, Builder, Family, Root, Settings, SmokeCheck
+from buildtool.model.types import CHECKED_TOOLS, UBUNTU_SUITES, Builder, Family, Root, Settings, SmokeCheck
 
 # Set by the toolkit in every family image; a family's env cannot replace them.
 ROOT_ENV_NAMES = frozenset({"LANG", "PATH", "PIP_DISABLE_PIP_VERSION_CHECK", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "VIRTUAL_ENV"})
@@ -52,9 +52,8 @@ def _read_root(c: Collector, file: str, data: Any, settings: Settings, python: s
             )
         if not v.get("packages"):
             c.add(file, "root.packages", "a bootstrapped root needs its Debian packages (python3-minimal, tini, ...)")
-        for i, pkg in enumerate(v.get("packages", ())):
-            if not DEB_RE.fullmatch(pkg):
-                c.add(file, f"root.packages[{i}]", f"{pkg!r} is not a Debian package name")
+        for key in ("packages", "builder_packages"):
+            _check_debs(c, file, f"root.{key}", v.get(key, ()))
     elif source == "image":
         image = v.get("image", "")
         if not image or not IMAGE_RE.fullmatch(image):
@@ -67,7 +66,15 @@ def _read_root(c: Collector, file: str, data: Any, settings: Settings, python: s
         return None
     if "image" in v and v["image"] and source == "bootstrap" and not IMAGE_RE.fullmatch(v["image"]):
         c.add(file, "root.image", f"{v['image']!r} is not an image reference")
-    return Root(source=source, image=v.get("image", ""), suite=v.get("suite", ""), packages=v.get("packages", ()))
+    return Root(source=source, image=v.get("image", ""), suite=v.get("suite", ""), packages=v.get("packages", ()),
+                builder_packages=v.get("builder_packages", ()))  # fmt: skip
+
+
+def _check_debs(c: Collector, file: str, key: str, packages: tuple[str, ...]) -> None:
+    for i, pkg in enumerate(packages):
+        if not DEB_RE.fullmatch(pkg):
+            pinned = " (name the package only: its version is locked in lockfiles/os)" if "=" in pkg else ""
+            c.add(file, f"{key}[{i}]", f"{pkg!r} is not a Debian package name{pinned}")
 
 
 def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], set[str]]:
@@ -126,15 +133,21 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
         root = _read_root(c, file, data["root"], settings, python) if "root" in data else None
         reqs = v.get("requirements", ())
         check_requirements(c, file, "requirements", reqs)
-        for i, pkg in enumerate(v.get("os_packages", ())):
-            if not DEB_RE.fullmatch(pkg):
-                c.add(file, f"os_packages[{i}]", f"{pkg!r} is not a Debian package name")
+        _check_debs(c, file, "os_packages", v.get("os_packages", ()))
+        if v.get("os_packages") and "root" in data:
+            c.add(file, "os_packages", "a root family's Debian packages are its root.packages; move them there (children add os_packages)")
         env = v.get("env", ())
         check_env_names(c, file, "env", env, dict.fromkeys(ROOT_ENV_NAMES, "the toolkit in every family image"))
         builder = _read_builder(c, file, data["builder"], bool(reqs), machine_specific) if "builder" in data else None
         vuln_policy = v.get("vuln_policy", parent.vuln_policy if parent else "enforce")
         if v.get("vuln_policy") == "warn" and not v.get("vuln_policy_reason", "").strip():
             c.add(file, "vuln_policy_reason", 'a family that downgrades the gate to "warn" says why (and until when) in vuln_policy_reason')
+        if v.get("budget_policy") == "warn" and not v.get("budget_reason", "").strip():
+            c.add(file, "budget_reason", 'a family whose images may exceed budget_mb (budget_policy = "warn") says why in budget_reason')
+        tools = v.get("runtime_tools", ())
+        for i, tool in enumerate(tools):
+            if tool not in CHECKED_TOOLS:
+                c.add(file, f"runtime_tools[{i}]", f"{tool!r} is not a tool the structure checks refuse; {did_you_mean(tool, CHECKED_TOOLS)}")
         families[name] = Family(
             name=name,
             file=file,
@@ -154,6 +167,8 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
             group=v.get("group", parent.group if parent and parent.group != "cpu" else ("gpu" if gpu else "cpu")),
             builder=builder,
             vuln_policy=vuln_policy,
+            budget_policy=v.get("budget_policy", parent.budget_policy if parent else "enforce"),
+            runtime_tools=tuple(sorted({*(parent.runtime_tools if parent else ()), *tools})),
         )
     return families, defined
 
@@ -173,9 +188,7 @@ def _read_builder(c: Collector, file: str, data: Any, has_requirements: bool, ma
         if not req.url and (len(specs) != 1 or specs[0].operator != "=="):
             fix = "build requirements are locked without their dependencies, so pin each exactly (name==version)"
             c.add(file, f"builder.requirements[{i}]", f"{line!r}: {fix}")
-    for i, pkg in enumerate(v.get("os_packages", ())):
-        if not DEB_RE.fullmatch(pkg):
-            c.add(file, f"builder.os_packages[{i}]", f"{pkg!r} is not a Debian package name")
+    _check_debs(c, file, "builder.os_packages", v.get("os_packages", ()))
     for name, value in v.get("env", ()):
         refs = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", value)
         allowed = {"CMAKE_CUDA_ARCHITECTURES", "TORCH_CUDA_ARCH_LIST"} if machine_specific else set()

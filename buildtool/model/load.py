@@ -3,7 +3,8 @@
 fleet.toml, machines/, families/ and services/ are parsed and checked; the source folders the
 services name, the builder scripts and the lock files are read once, into memory, so that what
 is planned and hashed is what is written into a build context. Every problem is collected with
-its file and key, and all of them are raised together as one :class:`ConfigError`.
+its file and key, and all of them are raised together as one :class:`ConfigError`. Warnings (a
+profile key no program reads) do not stop the read: the fleet carries them in ``Fleet.warnings``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from buildtool.core.names import did_you_mean, image_slug
 from buildtool.model.allowlist import read_allowlist
 from buildtool.model.families import read_families
 from buildtool.model.locks import LOCK_DIR, Lock, parse_lock
+from buildtool.model.oslocks import OS_LOCK_DIR, OsLock, OsLockSyntax, parse_os_lock
+from buildtool.model.profiles import check_profile
 from buildtool.model.schema import (
     ARCH_RE,
     FLEET_SCHEMA,
@@ -98,9 +101,14 @@ def _read_machines(c: Collector) -> tuple[dict[str, Machine], set[str]]:
             vram_gb=v.get("vram_gb", 0),
             cuda_arch=arch,
             profile=v.get("profile", ()),
+            informational=v.get("informational", ()),
         )
         generated = dict.fromkeys(GENERATED_PROFILE_KEYS, "the toolkit (from the machine's name, gpu, vram_gb and cuda_arch)")
         check_env_names(c, file, "profile", machine.profile, generated)
+        # A [profile] or informational list reported as invalid above is not judged again (None).
+        keys = [k for k, _ in machine.profile] if "profile" in v or "profile" not in data else None
+        declared = machine.informational if "informational" in v or "informational" not in data else None
+        check_profile(c, file, keys, declared)
         machines[name] = machine
     if not defined:
         c.add("machines/", "", "no machine definitions found; add machines/NAME.toml")
@@ -246,13 +254,15 @@ def _read_scripts(c: Collector, families: dict[str, Family]) -> dict[str, bytes]
     return scripts
 
 
-def _read_locks(root: Path) -> tuple[dict[str, Lock], dict[str, str]]:
-    """Every lock file under lockfiles/, by path; those that cannot be read, with why."""
+def _read_locks(root: Path) -> tuple[dict[str, Lock], dict[str, OsLock], dict[str, str]]:
+    """Every lock file under lockfiles/ (OS package locks under lockfiles/os/), by path; those that
+    cannot be read, with why."""
     locks: dict[str, Lock] = {}
+    os_locks: dict[str, OsLock] = {}
     faults: dict[str, str] = {}
     base = root / LOCK_DIR
     if not base.is_dir() or base.is_symlink():
-        return locks, faults
+        return locks, os_locks, faults
     for dirpath, _, names in os.walk(base):
         for name in sorted(names):
             if not name.endswith(".txt"):
@@ -265,8 +275,14 @@ def _read_locks(root: Path) -> tuple[dict[str, Lock], dict[str, str]]:
             except UnicodeDecodeError as exc:
                 faults[rel] = f"{rel}: is not UTF-8 (byte {exc.start}); regenerate it with `nox -s lock`"
             else:
-                locks[rel] = parse_lock(rel, text)
-    return locks, faults
+                if not rel.startswith(OS_LOCK_DIR + "/"):
+                    locks[rel] = parse_lock(rel, text)
+                    continue
+                try:
+                    os_locks[rel] = parse_os_lock(rel, text)
+                except OsLockSyntax as exc:
+                    faults[rel] = f"{exc}; regenerate it with `nox -s lock`"
+    return locks, os_locks, faults
 
 
 def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
@@ -280,7 +296,7 @@ def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
     machines, machine_files = _read_machines(c)
     families, defined = read_families(c, settings)
     services, origins = _read_services(c, families, defined, machines, machine_files, defaults)
-    locks, lock_faults = _read_locks(root)
+    locks, os_locks, lock_faults = _read_locks(root)
     fleet = Fleet(
         root=root,
         settings=settings,
@@ -290,8 +306,10 @@ def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
         sources=_read_sources(c, origins, settings.ignore),
         scripts=_read_scripts(c, families),
         locks=locks,
+        os_locks=os_locks,
         lock_faults=lock_faults,
         allowlist=read_allowlist(c, defined, today or dt.datetime.now(dt.UTC).date()),
+        warnings=tuple(sorted(c.warnings, key=lambda p: (p.file, p.key, p.message))),
     )
     _check_placement(c, fleet)
     c.raise_if_any()

@@ -41,7 +41,7 @@ IMAGE_RE = re.compile(
 TAG_RE = re.compile(r"(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}|@sha256:[0-9a-f]{64})$")
 ORG_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(?::[0-9]{1,5})?")
-DEB_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+(?:=[A-Za-z0-9.+~:-]+)?")
+DEB_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # a name only: versions live in lockfiles/os
 IMAGE_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 MAX_TOML_BYTES = 1 << 20
@@ -142,9 +142,10 @@ MACHINE_SCHEMA: dict[str, Checker] = {
     "gpu": _str,
     "vram_gb": _int(0, 1024),
     "cuda_arch": _str,
+    "informational": _strlist,  # profile keys only the fleet's own services read (model/profiles.py)
     "profile": _env,
 }
-ROOT_SCHEMA: dict[str, Checker] = {"source": _str, "image": _str, "suite": _str, "packages": _strlist}
+ROOT_SCHEMA: dict[str, Checker] = {"source": _str, "image": _str, "suite": _str, "packages": _strlist, "builder_packages": _strlist}
 SMOKE_SCHEMA: dict[str, Checker] = {"name": _str, "run": _argv, "gpu": _bool}
 BUILDER_SCHEMA: dict[str, Checker] = {"os_packages": _strlist, "requirements": _strlist, "setup": _str, "env": _env}
 FAMILY_SCHEMA: dict[str, Checker] = {
@@ -165,6 +166,9 @@ FAMILY_SCHEMA: dict[str, Checker] = {
     "builder": _any,
     "vuln_policy": pattern(re.compile("enforce|warn"), 'a vulnerability policy: "enforce" or "warn"'),
     "vuln_policy_reason": _str,
+    "budget_policy": pattern(re.compile("enforce|warn"), 'a size budget policy: "enforce" or "warn"'),
+    "budget_reason": _str,
+    "runtime_tools": _strlist,
 }
 SERVICE_SCHEMA: dict[str, Checker] = {
     "family": _str,
@@ -188,14 +192,19 @@ REQUIRED = {
 
 
 class Collector:
-    """Accumulates problems while reading; ``raise_if_any`` ends the read with all of them."""
+    """Accumulates problems while reading; ``raise_if_any`` ends the read with all of them.
+    Warnings (a setting that does nothing) are kept apart: the fleet carries them, nothing fails."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
 
     def add(self, file: str, key: str, message: str) -> None:
         self.problems.append(Problem(file=file, key=key, message=message))
+
+    def warn(self, file: str, key: str, message: str) -> None:
+        self.warnings.append(Problem(file=file, key=key, message=message))
 
     def raise_if_any(self) -> None:
         if self.problems:

@@ -6,15 +6,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildtool.core.errors import LockError
+from buildtool.core.errors import LockError, Problem
 from buildtool.core.names import image_slug
 from buildtool.model.allowlist import Allowlist
 from buildtool.model.locks import Lock
+from buildtool.model.oslocks import OsLock, os_lock_path
 from buildtool.model.sources import SourceTree
 
 Pairs = tuple[tuple[str, str], ...]
 # Ubuntu suites a root can be bootstrapped from (every other suite is Debian's).
 UBUNTU_SUITES = frozenset({"focal", "jammy", "noble"})
+# Programs no runtime image carries unless its family lists them in runtime_tools (structure checks).
+CHECKED_TOOLS = ("apt", "dpkg", "perl", "pip")
 # Profile entries the toolkit derives from a machine file; a profile table cannot set them.
 GENERATED_PROFILE_KEYS = ("MACHINE", "GPU_MODEL", "GPU_VRAM_GB", "CUDA_ARCH", "TORCH_CUDA_ARCH_LIST", "CMAKE_CUDA_ARCHITECTURES")
 
@@ -35,7 +38,8 @@ class Root:
     source: str  # "bootstrap" (mmdebstrap from the Debian archive) or "image" (upstream image reference)
     image: str = ""  # used when source == "image"
     suite: str = ""  # used when source == "bootstrap"
-    packages: tuple[str, ...] = ()  # Debian packages of the bootstrapped root filesystem
+    packages: tuple[str, ...] = ()  # the runtime root keeps these and what they depend on, nothing else
+    builder_packages: tuple[str, ...] = ()  # the builder root has these as well (python3-venv: pip)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +77,8 @@ class Family:
     group: str  # selection group for build_families: "cpu", "gpu", "legacy", ...
     builder: Builder | None = None
     vuln_policy: str = "enforce"  # "warn": the gate reports this family's findings (and its children's) but fails nothing
+    budget_policy: str = "enforce"  # "warn": an image over budget_mb is reported, not failed
+    runtime_tools: tuple[str, ...] = ()  # tools the structure checks would refuse that this family's images need (its own and inherited)
 
     @property
     def has_python_deps(self) -> bool:
@@ -88,6 +94,7 @@ class Machine:
     vram_gb: int
     cuda_arch: str  # e.g. "8.9"
     profile: Pairs  # baked into /etc/machine-profile.json and the image environment
+    informational: tuple[str, ...] = ()  # profile keys only the fleet's own services read (model/profiles.py)
 
     @property
     def has_gpu(self) -> bool:
@@ -151,8 +158,10 @@ class Fleet:
     sources: dict[str, SourceTree] = field(default_factory=dict)  # service source folders, read once
     scripts: dict[str, bytes] = field(default_factory=dict)  # builder setup scripts by path, read once
     locks: dict[str, Lock] = field(default_factory=dict)  # lock files by path (lockfiles/...), read once
+    os_locks: dict[str, OsLock] = field(default_factory=dict)  # OS package locks by path (lockfiles/os/...), read once
     lock_faults: dict[str, str] = field(default_factory=dict)  # lock files that exist but cannot be read: path -> why
     allowlist: Allowlist = field(default_factory=Allowlist)  # security/allowlist.toml
+    warnings: tuple[Problem, ...] = ()  # found while loading, nothing fails on them: a profile key no program reads
 
     def lineage(self, family: str) -> list[Family]:
         """The family and its ancestors, root first."""
@@ -174,6 +183,32 @@ class Fleet:
         if path in self.lock_faults:
             raise LockError(self.lock_faults[path])
         raise LockError(f"{path} is missing; run `nox -s lock`")
+
+    def os_lock(self, family: str) -> OsLock:
+        """The OS package lock of ``family``; LockError when it is missing or unreadable."""
+        path = os_lock_path(family)
+        if path in self.os_locks:
+            return self.os_locks[path]
+        if path in self.lock_faults:
+            raise LockError(self.lock_faults[path])
+        raise LockError(f"{path} is missing; run `nox -s lock`")
+
+    def os_lock_sections(self, family: str) -> tuple[str, ...]:
+        """The sections of ``family``'s OS lock (none: it has no lock). Only bootstrapped lineages are locked."""
+        fam = self.families[family]
+        root = self.root_of(family).root
+        if root is None or root.source != "bootstrap":
+            return ()
+        sections = ("root-builder", "root-runtime") if fam.root else ()
+        if fam.os_packages:
+            sections += ("runtime",)
+        if fam.builder and fam.builder.os_packages:
+            sections += ("builder",)
+        return sections
+
+    def root_of(self, family: str) -> Family:
+        """The root family of ``family``'s lineage: whose builder root its builder stages start from."""
+        return self.lineage(family)[0]
 
     def lock_owner(self, family: str) -> Family | None:
         """The nearest family on ``family``'s lineage (itself included) that has requirements: the

@@ -10,19 +10,23 @@ and the executor all read this plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from buildtool.core.errors import UsageError
+from buildtool.core.errors import ConfigError, Problem, UsageError
 from buildtool.core.hashing import sha256_json
 from buildtool.core.names import did_you_mean
+from buildtool.model.oslocks import Pins
 from buildtool.model.types import Family, Fleet, Root, Service, SmokeCheck
 from buildtool.render.dockerfile import Rendered, render_family, render_service
 
 # Bump when the meaning of an identity changes (template semantics not visible in the text).
 # 2: locks count through the requirements files of the context only (a lock's comments rebuild nothing).
 # 3: every image passes the structure checks (no setuid/setgid files); bootstrapped roots drop setuid bits.
-IDENTITY_VERSION = "3"
+# 4: lean runtime roots and builder roots from OS locks; images exported with rewritten timestamps.
+IDENTITY_VERSION = "4"
+BUILDER_SUFFIX = "-builder"  # a root family's builder root is pushed as REPOSITORY-builder
+MB = 1_000_000  # sizes and budgets are in decimal megabytes of compressed layers, as a registry stores them
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -40,7 +44,24 @@ class Step:
     smoke: tuple[SmokeCheck, ...]  # this family's checks and all its ancestors'
     health_port: int = 0  # services: where the HEALTHCHECK probes
     lineage: tuple[str, ...] = ()  # the families the image is built on, root first (itself included)
+    builder: str | None = None  # key of the root step whose builder root this step's builder stages start from (root steps: their own)
+    budget_policy: str = "enforce"  # "warn": over budget_mb is reported, not failed
+    runtime_tools: tuple[str, ...] = ()  # tools the structure checks let this image carry
+    root_pins: Mapping[str, Pins] = field(default_factory=dict, repr=False, compare=False)  # bootstrapped roots: their OS lock sections
     rendered: Rendered = field(repr=False, compare=False)
+
+    def budget_problem(self, compressed: int) -> str:
+        """What to say when ``compressed`` bytes exceed this image's budget ("" within it)."""
+        if compressed <= self.budget_mb * MB:
+            return ""
+        family = self.lineage[-1] if self.lineage else self.name
+        return (f"{self.repository} is {compressed / MB:.1f} MB compressed, over its budget of {self.budget_mb} MB "
+                f"(budget_mb of families/{family}.toml or its parents); make it smaller or raise the budget")  # fmt: skip
+
+    @property
+    def builder_repository(self) -> str:
+        """Where a root step pushes its builder root ("" for other steps)."""
+        return self.repository + BUILDER_SUFFIX if self.root is not None else ""
 
     @property
     def id_tag(self) -> str:
@@ -97,6 +118,7 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
     specific = family.machine_specific
     rendered = render_family(fleet, family, fleet.machines[machine] if specific else None)
     root = family.root
+    root_pins = {s: fleet.os_lock(family.name).sections.get(s, ()) for s in ("root-builder", "root-runtime")} if root and root.source == "bootstrap" else {}
     identity = sha256_json(
         {
             "v": IDENTITY_VERSION,
@@ -105,14 +127,20 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
             "name": family.name,
             "machine": machine if specific else None,
             "context": rendered.digest(),
-            "root": [root.source, root.image if root.source == "image" else "", root.suite, list(root.packages)] if root else None,
+            "root": [root.source, root.image if root.source == "image" else "", root.suite, list(root.packages), list(root.builder_packages)]
+            if root
+            else None,
+            # A bootstrapped root is its OS lock; children's locked packages are in their Dockerfiles.
+            "os": {section: [list(pin) for pin in pins] for section, pins in root_pins.items()} or None,
             "parent": parent.identity if parent else None,
             # The identity tag vouches for "built and verified": new checks mean a new identity.
             "smoke": [[*c.run, "gpu"] if c.gpu else list(c.run) for c in family.smoke],
+            "tools": list(family.runtime_tools),
         }
     )
+    key = f"family:{family.name}@{machine}" if specific else f"family:{family.name}"
     return Step(
-        key=f"family:{family.name}@{machine}" if specific else f"family:{family.name}",
+        key=key,
         kind="family",
         name=family.name,
         machine=machine if specific else None,
@@ -124,6 +152,10 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
         budget_mb=family.budget_mb,
         smoke=tuple(check for f in fleet.lineage(family.name) for check in f.smoke),
         lineage=tuple(f.name for f in fleet.lineage(family.name)),
+        builder=key if root else (parent.builder if parent else None),
+        budget_policy=family.budget_policy,
+        runtime_tools=family.runtime_tools,
+        root_pins=root_pins,
         rendered=rendered,
     )
 
@@ -156,8 +188,37 @@ def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Ste
         smoke=family_step.smoke,
         health_port=service.health_port,
         lineage=family_step.lineage,
+        builder=family_step.builder,
+        budget_policy=family_step.budget_policy,
+        runtime_tools=family_step.runtime_tools,
         rendered=rendered,
     )
+
+
+def check_repositories(fleet: Fleet) -> None:
+    """Every image of the fleet (each family, builder root and service on each machine) has a
+    repository of its own; two that would share one are a ConfigError naming both files."""
+    owners: dict[str, tuple[str, str]] = {}
+    problems: list[Problem] = []
+
+    def claim(repository: str, file: str, what: str) -> None:
+        other = owners.setdefault(repository, (file, what))
+        if other != (file, what) and other[0] != file:
+            message = f"its image {what} would be pushed to {repository!r}, as {other[1]} of {other[0]} is; rename one of them"
+            problems.append(Problem(file=file, key="", message=message))
+
+    for family in fleet.families.values():
+        for machine in fleet.machines if family.machine_specific else (None,):
+            repository = family_repository(family, machine)
+            claim(repository, family.file, repository)
+            if family.root:
+                claim(repository + BUILDER_SUFFIX, family.file, f"{repository}{BUILDER_SUFFIX} (its builder root)")
+    for service in fleet.services.values():
+        for machine in service.machines:
+            repository = service_repository(fleet, service, machine)
+            claim(repository, service.file, repository)
+    if problems:
+        raise ConfigError(problems)
 
 
 def _check_names(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
@@ -182,6 +243,7 @@ def make_plan(
     With no selection at all, every family is planned. ``groups`` selects families by group. Families named (or needed by a named
     service) pull in their ancestors, nothing else.
     """
+    check_repositories(fleet)
     machines, families, services = list(machines), list(families), list(services)
     _check_names("machine", machines, fleet.machines)
     _check_names("family", families, fleet.families)

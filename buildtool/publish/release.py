@@ -38,15 +38,28 @@ class Revision:
     date: dt.date  # the commit's date (UTC)
     dirty: bool  # tracked files differ from the commit
     changes: str = ""  # a hash of those differences ("" when clean)
+    full: str = ""  # the full commit hash
+    committed: dt.datetime | None = None  # the commit's time (UTC)
 
 
 def revision(root: Path) -> Revision:
     try:
-        sha, stamp = host.run(["git", "log", "-1", "--format=%h %ct", "--abbrev=7"], cwd=root).stdout.split()
+        sha, full, stamp = host.run(["git", "log", "-1", "--format=%h %H %ct", "--abbrev=7"], cwd=root).stdout.split()
         diff = host.run(["git", "diff", "HEAD", "--binary"], cwd=root).stdout
     except (CommandError, MissingToolError, ValueError, OSError):
         return Revision(sha="nogit", date=dt.datetime.now(dt.UTC).date(), dirty=True)
-    return Revision(sha=sha, date=dt.datetime.fromtimestamp(int(stamp), dt.UTC).date(), dirty=bool(diff), changes=sha256(diff)[:8] if diff else "")
+    committed = dt.datetime.fromtimestamp(int(stamp), dt.UTC)
+    return Revision(sha=sha, date=committed.date(), dirty=bool(diff), changes=sha256(diff)[:8] if diff else "", full=full, committed=committed)
+
+
+def labels(rev: Revision) -> dict[str, str]:
+    """The labels every image built from ``rev`` carries: the commit and its date, never the build's
+    (two builds of one commit give one digest). A dirty tree adds the hash of its changes; without
+    git there is no commit to name."""
+    if rev.committed is None:
+        return {}
+    changes = f"-dirty-{rev.changes}" if rev.dirty else ""
+    return {"org.opencontainers.image.revision": (rev.full or rev.sha) + changes, "fleet.commit-date": rev.committed.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
 def release_tag(rev: Revision, identities: Iterable[str]) -> str:

@@ -6,11 +6,14 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import jinja2
 
+from buildtool.core import dpkg
 from buildtool.core.hashing import sha256
 from buildtool.model.locks import Lock, build_lock_name, family_lock_path, install_set, service_lock_path
+from buildtool.model.oslocks import apt_requests, os_lock_path, pins_file
 from buildtool.model.types import Family, Fleet, Machine, Service
 from buildtool.render import quote
 from buildtool.render.quote import Quoted
@@ -58,14 +61,18 @@ def _finalize(value: object) -> object:
     raise quote.Unrepresentable(f"template value {value!r} was not quoted for its place in the Dockerfile")
 
 
-def apt_install(packages: Iterable[str]) -> Quoted:
-    """One RUN step installing Debian packages, with apt's caches as cache mounts, its logs removed
-    and no setuid or setgid bit left (services run as 10001 and need none)."""
+def apt_install(packages: Iterable[str], mounts: Iterable[str] = ()) -> Quoted:
+    """One RUN step installing Debian packages (``name=version`` when locked), with apt's caches as
+    cache mounts, its logs removed and no setuid or setgid bit left (services run as 10001 and
+    need none). ``mounts``: context files bound read-only at /tmp/NAME for what follows."""
+    binds = "".join(f"    --mount=type=bind,source={quote.token(m)},target=/tmp/{quote.token(m)} \\\n" for m in mounts)
+    words = " \\\n      ".join(quote.shell_word(p) for p in packages)
     return Quoted(
         "RUN --network=host --mount=type=cache,target=/var/cache/apt,sharing=locked \\\n"
         "    --mount=type=cache,target=/var/lib/apt/lists,sharing=locked \\\n"
+        f"{binds}"
         "    apt-get update \\\n"
-        f" && apt-get install -y --no-install-recommends {quote.shell_words(packages)} \\\n"
+        f" && apt-get install -y --no-install-recommends \\\n      {words} \\\n"
         " && rm -rf /var/log/apt /var/log/dpkg.log /var/log/alternatives.log /var/cache/ldconfig/aux-cache \\\n"
         " && find / -xdev -perm /6000 -type f -exec chmod ug-s {} +"
     )
@@ -77,14 +84,15 @@ def pip_install(requirements: str = "requirements.txt", prefix: str = "/install"
     The CA bundle and an index URL with its token reach pip only as BuildKit secrets.
     ``compile``: packages may be built from source, with the build tools of the stage (no build
     isolation) and without pip's wheel cache, which does not key on compiler flags or the target
-    architecture; the build tools sit in the stage's venv, and a package both list (packaging)
-    would count as installed there and miss /install: --ignore-installed. ``prefix=""``: into the
+    architecture. Into a prefix, pip ignores what the stage's venv holds (the parent's packages,
+    pip itself, build tools): the prefix gets exactly the file's packages. ``prefix=""``: into the
     stage's own venv.
     """
     name = quote.token(requirements)
-    options = " --no-build-isolation --no-cache-dir --ignore-installed" if compile else ""
+    options = " --no-build-isolation --no-cache-dir" if compile else ""
     if prefix:
-        options += f" --prefix={quote.token(prefix)}"
+        # Exactly the listed packages into the prefix, whatever the stage's venv already holds.
+        options += f" --ignore-installed --prefix={quote.token(prefix)}"
     return Quoted(
         "RUN --network=host --mount=type=cache,target=/root/.cache/pip,sharing=locked \\\n"
         "    --mount=type=secret,id=pip_ca,required=true \\\n"
@@ -111,6 +119,7 @@ def _env() -> jinja2.Environment:
         token=quote.token,
         comment=quote.comment,
         exec_form=quote.exec_form,
+        shell_words=quote.shell_words,
         key_values=quote.key_values,
         build_env=lambda pairs: quote.key_values(pairs, build_args=True),
     )
@@ -139,6 +148,43 @@ def machine_profile(machine: Machine) -> bytes:
     return (json.dumps(machine.profile_dict(), indent=2, sort_keys=True) + "\n").encode()
 
 
+def site_packages(python: str) -> Quoted:
+    """Where ``pip install --prefix=/install`` puts a family's packages (copied to /opt/venv)."""
+    return quote.token(f"/install/lib/python{python}/site-packages")
+
+
+def _os_files(fleet: Fleet, family: Family) -> tuple[dict[str, object] | None, list[str], list[tuple[str, bytes]]]:
+    """The OS package export of ``family`` (its requests and names), its builder stage's requests, and the context files they read.
+
+    Under a bootstrapped root every request is ``name=version`` from the family's OS lock; under
+    an image root (not locked) the names are requested as they are.
+    """
+    sections = fleet.os_lock_sections(family.name)
+    lock = fleet.os_lock(family.name) if sections else None
+    files: list[tuple[str, bytes]] = []
+    export = None
+    if family.os_packages:
+        if lock is not None:
+            root_lock = fleet.os_lock(fleet.root_of(family.name).name)
+            requests = apt_requests(lock.sections.get("runtime", ()))
+            files.append(("os-pins.txt", pins_file({**root_lock.pins("root-builder"), **lock.pins("runtime")})))
+        else:
+            requests = list(family.os_packages)
+            files.append(("os-pins.txt", b""))  # not locked: nothing to hold the export to
+        files.append(("dpkg.py", dpkg_script()))
+        export = {"requests": requests, "packages": list(family.os_packages)}
+    builder: list[str] = []
+    if family.builder and family.builder.os_packages:
+        builder = apt_requests(lock.sections.get("builder", ())) if lock is not None else list(family.builder.os_packages)
+    return export, builder, files
+
+
+@cache
+def dpkg_script() -> bytes:
+    """buildtool/core/dpkg.py, which the export step runs in the builder root."""
+    return Path(dpkg.__file__).read_bytes()
+
+
 def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rendered:
     """The Dockerfile and context of one family (``machine`` only for machine-specific families)."""
     env = (ROOT_ENV if family.root else ()) + family.env
@@ -152,16 +198,25 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
         labels.append(("fleet.cuda", family.cuda))
     if family.machine_specific and machine is not None:
         labels.append(("fleet.machine", machine.name))
+    export, builder_requests, files = _os_files(fleet, family)
+    root = fleet.root_of(family.name)
     text = _env().get_template("family.Dockerfile.j2").render(
         header=_header(family.file, f"Dockerfile of family {family.name}"),
         family=family,
         machine=machine,
-        base=Quoted("base" if family.root else "${PARENT_IMAGE}"),
+        lineage_root=root.name,
+        os_lock=os_lock_path(family.name),
+        builder_base=Quoted("builder-root" if family.root else "${BUILDER_IMAGE}"),
+        runtime_base=Quoted("root" if family.root else "parent"),
+        os_export=export,
+        builder_requests=builder_requests,
+        site_packages=site_packages(family.python),
         cmake_arch=machine.cuda_arch.replace(".", "") if machine else "",
+        root_env=list(ROOT_ENV),
         env=sorted(env),
         labels=labels,
     )
-    files: list[tuple[str, bytes]] = [(".dockerignore", dockerignore(fleet))]
+    files.insert(0, (".dockerignore", dockerignore(fleet)))
     # The family's packages and its build tools (builder stage only), minus what the parent holds.
     parent = _inherited_lock(fleet, family.parent)
     if family.requirements:
@@ -211,6 +266,8 @@ def render_service(fleet: Fleet, service: Service, machine: Machine) -> Rendered
         header=_header(service.file, f"Dockerfile of service {service.name} for {machine.name}"),
         service=service,
         family_image=f"{family.name} for {machine.name}" if family.machine_specific else family.name,
+        lineage_root=fleet.root_of(family.name).name,
+        site_packages=site_packages(family.python),
         machine=machine,
         env=sorted(env.items()),
         labels=labels,

@@ -13,10 +13,8 @@ from pathlib import Path
 from buildtool.adapters.files import atomic_write
 from buildtool.adapters.protocols import Registry
 from buildtool.core.refs import repo_path
-from buildtool.plan.plan import Plan
+from buildtool.plan.plan import MB, Plan
 from buildtool.publish.release import PREVIOUS
-
-MB = 1_000_000
 
 
 @dataclass(frozen=True, kw_only=True)

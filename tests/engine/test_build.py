@@ -91,6 +91,35 @@ def test_service_image_runs_healthy_as_10001(env) -> None:
         docker.container.remove(container, force=True)
 
 
+LEAN = """
+import json, os, shutil, stat, sys
+found = {}
+found['tools'] = [t for t in ('pip', 'pip3', 'perl', 'apt', 'apt-get', 'dpkg', 'bash', 'su', 'mount') if shutil.which(t)]
+found['venv_pip'] = os.path.exists('/opt/venv/lib/python3.11/site-packages/pip')
+found['setuid'] = [os.path.join(d, f) for d, _, fs in os.walk('/') if not d.startswith(('/proc', '/sys', '/dev'))
+                   for f in fs if os.path.isfile(os.path.join(d, f)) and not os.path.islink(os.path.join(d, f))
+                   and os.lstat(os.path.join(d, f)).st_mode & (stat.S_ISUID | stat.S_ISGID)]
+found['man'] = os.path.exists('/usr/share/man')
+status = open('/var/lib/dpkg/status').read()
+found['packages'] = sorted(line.split()[1] for line in status.splitlines() if line.startswith('Package: '))
+print(json.dumps(found))
+"""
+
+
+def test_runtime_images_hold_no_package_manager_pip_perl_or_setuid_but_keep_the_dpkg_database(env) -> None:
+    ref = f"{ADDRESS}/{env['org']}/service-registry-mainpc:release-1"
+    docker.image.pull(ref, quiet=True)
+    found = json.loads(docker.run(ref, ["python", "-c", LEAN], remove=True, **HARDENED))
+    assert found["tools"] == [] and not found["venv_pip"] and found["setuid"] == [] and not found["man"]
+    # Scanners read the status database: it lists what is there (curl came with base-utils), not apt or perl.
+    assert {"libc6", "python3.11-minimal", "tini", "ca-certificates", "curl", "libcurl4", "tzdata"} <= set(found["packages"])
+    assert not {"apt", "dpkg", "perl-base", "debconf", "bash", "login", "usrmerge"} & set(found["packages"])
+    # Labels name the commit and its date, never the day of the build.
+    labels = docker.image.inspect(ref).config.labels
+    assert labels["fleet.commit-date"].endswith("Z") and len(labels["org.opencontainers.image.revision"].split("-")[0]) == 40
+    assert docker.image.inspect(ref).created.year == 2025  # SOURCE_DATE_EPOCH, not the build's clock
+
+
 def test_ca_bundle_is_not_in_any_layer(env) -> None:
     host = hashlib.sha256(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes()).hexdigest()
     ref = f"{ADDRESS}/{env['org']}/family-web:latest"

@@ -17,11 +17,13 @@ import pytest
 
 from buildtool.adapters import bootstrap
 from buildtool.adapters import setup as engine
-from buildtool.core.errors import EngineError, MissingToolError
+from buildtool.core.dpkg import versions
+from buildtool.core.errors import CommandError, EngineError, LockError, MissingToolError
+from buildtool.model.load import load_fleet
 from tests.conftest import REPO
 
 ADDRESS = "127.0.0.1:5000"
-BASE_PACKAGES = ["python3-minimal", "libpython3.11-stdlib", "python3-venv", "tini", "ca-certificates"]
+BASE_PACKAGES = ["python3-minimal", "libpython3.11-stdlib", "tini", "ca-certificates"]
 EPOCH = 1735689600
 
 
@@ -52,15 +54,43 @@ def test_registry_serves_v2_on_loopback() -> None:
         assert resp.status == 200
 
 
-@pytest.mark.engine
-def test_bootstrap_rootfs_has_python_and_tini() -> None:
-    out = _state() / "rootfs" / "test-bookworm-base.tar"
-    path = bootstrap.bootstrap_rootfs(suite="bookworm", packages=BASE_PACKAGES, out=out, source_date_epoch=EPOCH)
+def _tar_names(path: Path) -> set[str]:
     with tarfile.open(path) as tar:
-        names = {name.removeprefix("./") for name in tar.getnames()}
-    assert {"usr/bin/python3.11", "usr/bin/tini"} <= names
-    assert not {"etc/resolv.conf", "etc/hostname", "var/cache/ldconfig/aux-cache", "var/log/dpkg.log"} & names
-    assert Path(f"{path}.sha256").is_file()
+        return {name.removeprefix("./") for name in tar.getnames()}
+
+
+@pytest.mark.engine
+def test_locked_roots_install_exactly_the_lock_and_the_runtime_root_is_lean() -> None:
+    """Both roots of base-python from its committed OS lock: every package at its locked version
+    (the bootstrap's check hook compares dpkg's database with the lock), the runtime trimmed."""
+    fleet = load_fleet(REPO)
+    base = fleet.families["base-python"]
+    assert base.root is not None
+    lock = fleet.os_lock("base-python")
+    paths = {}
+    for variant in ("runtime", "builder"):
+        out = _state() / "rootfs" / f"test-bookworm-{variant}.tar"
+        paths[variant] = bootstrap.bootstrap_rootfs(suite="bookworm", variant=variant, packages=base.root.packages,
+                                                    builder_packages=base.root.builder_packages, pins=lock.pins(f"root-{variant}"),
+                                                    out=out, source_date_epoch=EPOCH)  # fmt: skip
+        assert Path(f"{out}.sha256").is_file()
+    runtime, builder = _tar_names(paths["runtime"]), _tar_names(paths["builder"])
+    for names in (runtime, builder):
+        assert {"usr/bin/python3.11", "usr/bin/tini", "opt/venv/bin/python", "etc/os-release"} <= names
+        assert not {"etc/resolv.conf", "etc/hostname", "var/cache/ldconfig/aux-cache", "var/log/dpkg.log"} & names
+        assert "bin" not in {n.split("/")[0] for n in names if "/" in n}  # merged /usr: /bin is a link
+    assert {"opt/venv/bin/pip", "usr/bin/apt-get", "usr/bin/dpkg"} <= builder
+    assert not {"opt/venv/bin/pip", "usr/bin/apt-get", "usr/bin/dpkg", "usr/bin/perl", "usr/bin/bash", "usr/bin/su"} & runtime
+    assert not [n for n in runtime if n.startswith("usr/share/man/") or n.startswith("usr/lib/x86_64-linux-gnu/perl")]
+    # The status database stays, trimmed to what is there: what scanners read.
+    with tarfile.open(paths["runtime"]) as tar:
+        status = tar.extractfile("./var/lib/dpkg/status").read().decode()
+    installed = versions(status)
+    locked = lock.pins("root-runtime")
+    assert {"python3.11-minimal", "libc6", "tini", "ca-certificates", "libssl3"} <= set(installed)
+    assert not {"perl-base", "dpkg", "apt", "debconf", "bash", "login"} & set(installed)
+    assert all(locked[name] == version for name, version in installed.items())
+    assert all(f"var/lib/dpkg/info/{name}.list" in runtime or f"var/lib/dpkg/info/{name}:amd64.list" in runtime for name in installed)
 
 
 # --- decisions, runner faked ----------------------------------------------------------------
@@ -165,22 +195,63 @@ def test_bootstrap_is_skipped_when_inputs_match(monkeypatch: pytest.MonkeyPatch,
 
     monkeypatch.setattr(engine.host, "run", fake)
     out = tmp_path / "rootfs.tar"
-    args = {"suite": "bookworm", "packages": BASE_PACKAGES, "out": out, "source_date_epoch": EPOCH}
+    args = {"suite": "bookworm", "variant": "runtime", "packages": BASE_PACKAGES, "pins": PINS, "out": out, "source_date_epoch": EPOCH}
     assert bootstrap.bootstrap_rootfs(**args) == out
     assert bootstrap.bootstrap_rootfs(**args) == out
     assert sum(c[0] == "mmdebstrap" for c in calls) == 1
     bootstrap.bootstrap_rootfs(**{**args, "source_date_epoch": EPOCH + 1})
-    assert sum(c[0] == "mmdebstrap" for c in calls) == 2
+    bootstrap.bootstrap_rootfs(**{**args, "pins": {**PINS, "tini": "0.19.0-2"}})
+    assert sum(c[0] == "mmdebstrap" for c in calls) == 3
     argv = next(c for c in calls if c[0] == "mmdebstrap")
     assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in argv
     assert any(a.startswith("deb ") and a.endswith(" bookworm-security main") for a in argv)
 
 
+PINS = {"libc6": "2.36-9+deb12u13", "python3-minimal": "3.11.2-1+b1", "tini": "0.19.0-1"}
+
+
+def test_locked_bootstrap_asks_for_every_version_and_checks_what_dpkg_installed(tmp_path: Path) -> None:
+    argv = bootstrap.mmdebstrap_argv(suite="bookworm", variant="runtime", packages=[f"{n}={v}" for n, v in PINS.items()], keep=["tini"],
+                                     pins=tmp_path / "pins", prefs=tmp_path / "prefs", out=tmp_path / "r.tar")  # fmt: skip
+    assert "--include=libc6=2.36-9+deb12u13,python3-minimal=3.11.2-1+b1,tini=0.19.0-1" in argv
+    assert f"--hook-dir={bootstrap.MERGED_USR_HOOKS}" in argv  # Debian: no usrmerge, so no perl
+    hooks = [a.split("=", 1)[1] for a in argv if a.startswith("--customize-hook=")]
+    # The lock check runs before the runtime is trimmed; the host's resolv.conf is removed last.
+    assert "dpkg.py check" in hooks[0] and str(tmp_path / "pins") in hooks[0]
+    assert "venv-user.sh" in hooks[1] and "--with-pip" not in hooks[1]
+    assert "runtime-strip.sh" in hooks[2] and hooks[2].endswith(" tini")
+    assert "etc/resolv.conf" in hooks[3]
+    assert "--skip=cleanup/apt" in argv
+    assert any(a.startswith("--setup-hook=") and str(tmp_path / "prefs") in a for a in argv)
+    builder = bootstrap.mmdebstrap_argv(suite="bookworm", variant="builder", packages=["tini"], keep=[], pins=None, prefs=None,
+                                        out=tmp_path / "b.tar")  # fmt: skip
+    assert not any("runtime-strip.sh" in a or "dpkg.py check" in a for a in builder)
+    assert any("venv-user.sh" in a and a.endswith("--with-pip") for a in builder)
+    assert bootstrap.includes("jammy", "builder", ["tini"], ["python3-venv"]) == ["apt", "python3-venv", "tini"]  # jammy's minbase has no apt
+
+
+def test_unserved_locked_versions_name_the_packages_and_the_relock(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def fake(argv, **kwargs):
+        if "--variant=minbase" in argv:  # the mmdebstrap run (through sudo when not root)
+            raise CommandError(argv, 25, "E: Version '2.36-9+deb12u1' for 'libc6' was not found\nE: setup failed\n")
+        return _done(argv, "install ok installed")
+
+    monkeypatch.setattr(engine.host, "run", fake)
+    with pytest.raises(LockError) as info:
+        bootstrap.bootstrap_rootfs(suite="bookworm", variant="runtime", packages=["tini"], pins=PINS, out=tmp_path / "r.tar", source_date_epoch=EPOCH)
+    assert "no longer serves the locked libc6 2.36-9+deb12u1" in info.value.message
+    assert "nox -s lock -- --upgrade-package libc6" in info.value.message
+    assert info.value.exit_code == 4
+    assert not (tmp_path / "r.tar").exists()
+
+
 def test_ubuntu_suite_uses_its_archive_keyring_and_universe(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(bootstrap, "host_mirror", lambda archive="debian": None)
-    argv = bootstrap.mmdebstrap_argv(suite="jammy", packages=["python3-minimal", "tini"], out=Path("/tmp/r.tar"), variant="minbase")
+    common = {"keep": [], "pins": None, "prefs": None, "out": Path("/tmp/r.tar"), "variant": "builder"}
+    argv = bootstrap.mmdebstrap_argv(suite="jammy", packages=["python3-minimal", "tini"], **common)
     assert f"--keyring={bootstrap.UBUNTU_KEYRING}" in argv
+    assert not any(a.startswith("--hook-dir") for a in argv)  # jammy has no usr-is-merged to swap in
     assert argv[-3:] == [f"deb {bootstrap.UBUNTU_MIRROR} jammy{pocket} main universe" for pocket in ("", "-updates", "-security")]
-    debian = bootstrap.mmdebstrap_argv(suite="bookworm", packages=["tini"], out=Path("/tmp/r.tar"), variant="minbase")
+    debian = bootstrap.mmdebstrap_argv(suite="bookworm", packages=["tini"], **common)
     assert not any(a.startswith("--keyring") for a in debian)
     assert not any("ubuntu" in a for a in debian)
