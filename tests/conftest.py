@@ -45,6 +45,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
+def _outside_github_actions(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite runs inside GitHub Actions jobs too (under act): its output and the job summary
+    must not depend on that. Tests of the Actions extras turn them on themselves."""
+    from buildtool.cli import console
+
+    monkeypatch.setattr(console, "IN_GITHUB", False)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture(autouse=True)
 def _no_stray_subprocess(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     if any(request.node.get_closest_marker(m) for m in OPTIONS) or "real_subprocess" in request.fixturenames:
         return

@@ -96,7 +96,12 @@ def _root(tmp_path: Path) -> Path:
     info = root / "var/lib/dpkg/info"
     info.mkdir(parents=True)
     (root / "var/lib/dpkg/status").write_text(STATUS)
-    (info / "curl.list").write_text("/.\n/bin\n/bin/curl\n/usr/share/doc/curl/changelog.gz\n")  # a path-excluded doc is absent
+    # The builder's path-excludes leave the doc folders behind, empty but for copyright files.
+    (root / "usr/share/man/man1").mkdir(parents=True)
+    (root / "usr/share/doc/curl").mkdir(parents=True)
+    (root / "usr/share/doc/curl/copyright").write_text("MIT")
+    docs = "/usr/share\n/usr/share/man\n/usr/share/man/man1\n/usr/share/man/man1/curl.1.gz\n/usr/share/doc\n/usr/share/doc/curl\n"
+    (info / "curl.list").write_text(f"/.\n/bin\n/bin/curl\n{docs}/usr/share/doc/curl/changelog.gz\n/usr/share/doc/curl/copyright\n")
     (info / "curl.md5sums").write_text("abc  usr/bin/curl\n")
     (info / "libcurl4:amd64.list").write_text("/.\n/usr\n/usr/lib\n/usr/lib/libcurl.so.4\n/usr/lib/libcurl.so.4.8.0\n")
     return root
@@ -111,6 +116,7 @@ def test_export_copies_what_the_parent_lacks_with_its_status_and_lists(tmp_path:
     assert done == ["curl 7.88.1-10+deb12u15", "libcurl4 7.88.1-10+deb12u15"]
     assert (out / "usr/bin/curl").read_bytes() == b"curl"  # /bin/curl of the list, under merged /usr
     assert not (out / "bin").exists()
+    assert not (out / "usr/share/man").exists() and (out / "usr/share/doc/curl/copyright").read_text() == "MIT"
     assert stat.S_IMODE((out / "usr/bin/curl").stat().st_mode) == 0o755
     assert os.readlink(out / "usr/lib/libcurl.so.4") == "libcurl.so.4.8.0"
     assert (out / "var/lib/dpkg/info/curl.md5sums").is_file() and (out / "var/lib/dpkg/info/libcurl4:amd64.list").is_file()

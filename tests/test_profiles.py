@@ -96,6 +96,16 @@ def test_validate_prints_the_warnings_on_stderr_and_succeeds(fleet_dir: Path, ca
     ]
 
 
+def test_in_github_actions_a_warning_is_also_an_annotation_on_the_file(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(console, "IN_GITHUB", True)
+    replace(PC2, "CUDA_VISIBLE_DEVICES =", "GPU_VISIBLE_DEVICES =")(fleet_dir)
+    assert main(["--root", str(fleet_dir), "validate"]) == 0
+    annotation = capsys.readouterr().err.splitlines()[-1]
+    assert annotation.startswith(f"::warning file={PC2}::{PC2}: profile.GPU_VISIBLE_DEVICES: no program")
+
+
 def test_warnings_are_printed_once_per_command(fleet_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     replace(PC2, f"{NAME} =", "TORCH_CUDA_ALLOC_CONF =")(fleet_dir)
     monkeypatch.setattr(console, "IN_GITHUB", True)

@@ -28,6 +28,11 @@ from pathlib import Path
 CUT = ("dpkg", "debconf", "debconf-2.0", "perl-base", "debianutils", "awk", "mawk", "init-system-helpers", "adduser")
 # merged-/usr: these are symlinks into /usr in every root the toolkit makes.
 MERGED = {"/bin": "/usr/bin", "/sbin": "/usr/sbin", "/lib": "/usr/lib", "/lib64": "/usr/lib64", "/lib32": "/usr/lib32"}
+# Never exported into a runtime image: documentation, as the bootstrap's dpkg path-excludes and
+# strip hook keep it out of the roots. Copyright files and locale.alias stay.
+UNEXPORTED = ("/usr/share/man", "/usr/share/doc", "/usr/share/doc-base", "/usr/share/info", "/usr/share/locale",
+              "/usr/share/lintian", "/usr/share/bug")
+KEPT = re.compile(r"/usr/share/doc/[^/]+/copyright|/usr/share/locale/locale\.alias")
 
 
 class DpkgError(Exception):
@@ -137,6 +142,13 @@ def _canonical(path: str, root: Path) -> str:
     return path
 
 
+def exported_path(path: str) -> bool:
+    """Whether a file list entry belongs in a runtime image (documentation does not)."""
+    if KEPT.fullmatch(path):
+        return True
+    return not any(path == d or path.startswith(d + "/") for d in UNEXPORTED)
+
+
 def _copy(src: Path, dest: Path) -> None:
     """One entry of a package: a folder, a symlink or a file, with its owner and mode, never setuid/setgid."""
     st = src.lstat()
@@ -185,7 +197,7 @@ def export(*, root: Path, parent_status: str, out: Path, packages: list[str], lo
             raise DpkgError(f"{name} has no file list in {info}")
         for line in listing.read_text().splitlines():
             path = _canonical(line, root)
-            if path and path != "/." and os.path.lexists(root / path.lstrip("/")):
+            if path and path != "/." and exported_path(path) and os.path.lexists(root / path.lstrip("/")):
                 target = out / path.lstrip("/")
                 if not os.path.lexists(target):
                     _copy(root / path.lstrip("/"), target)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 from pathlib import Path
 
 from buildtool import pipeline, settings
@@ -20,6 +21,16 @@ def state_dir() -> Path:
     are cached there), or FLEET_TEST_STATE_DIR."""
     adopt(REPO / "build")
     return Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
+
+
+def commit_all(root: Path, message: str = "a copy of the fleet") -> None:
+    """Make ``root`` a git checkout with one commit of everything in it: builds label their images
+    with the commit, as they do in a real checkout."""
+    git = ["git", "-C", str(root), "-c", "user.name=ci", "-c", "user.email=ci@localhost", "-c", "commit.gpgsign=false"]
+    if not (root / ".git").exists():
+        subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", message], check=True)
 
 
 def settings_for(root: Path, org: str, **env: str) -> settings.Settings:

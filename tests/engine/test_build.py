@@ -23,7 +23,7 @@ from buildtool.adapters.registry import Registry
 from buildtool.core.errors import BuildError
 from buildtool.publish.release import rollback
 from tests.conftest import REPO
-from tests.engine.helpers import run_build, settings_for
+from tests.engine.helpers import commit_all, run_build, settings_for
 
 pytestmark = pytest.mark.engine
 
@@ -41,6 +41,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     shutil.copytree(REPO / "agents" / "reference_agent", root / "agents" / "own_agent")
     svc = root / "services" / f"{SERVICE}.toml"
     svc.write_text(svc.read_text() + 'source = "agents/own_agent"\n')
+    commit_all(root)
     org = f"test-{int(time.time())}-{os.getpid()}"
     run_settings = settings_for(root, org)
     code = run_build(run_settings, SERVICE, tag="release-1")

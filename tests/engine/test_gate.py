@@ -58,7 +58,10 @@ def test_without_a_database_secrets_are_scanned_sboms_attached_and_vulnerabiliti
     assert any("pkg:deb/debian/" in c.get("purl", "") for c in sbom["components"])  # OS packages too
     assert svc["sbom"] == {"digest": ref["digest"], "components": len(sbom["components"])}
     sizes = json.loads((gate["settings"].state_dir / "reports" / "sizes.json").read_text())
-    assert all(s["security"]["status"] == "NOT SCANNED" and s["security"]["sbom"]["components"] > 50 for s in sizes)
+    assert all(s["security"]["status"] == "NOT SCANNED" for s in sizes)
+    # Every SBOM lists the image's contents: base-python's 44 Debian packages and more down the chain.
+    components = [s["security"]["sbom"]["components"] for s in sizes]
+    assert components[0] >= 40 and components == sorted(components), components
 
 
 def test_a_planted_cloud_key_fails_the_run_naming_the_file_and_moves_no_tag(gate) -> None:
