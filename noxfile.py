@@ -181,6 +181,7 @@ def repro(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Measure no-op and one-change rebuilds against bake, and uv against pip-compile, in one run."""
+    """The toolkit against `docker buildx bake` of the same targets at CPU-fleet scale (cold chain,
+    no-op, one change, one requirement change), and uv against pip-compile; `-- --quick` for CI."""
     _install(session)
     _tool(session, "bench")

@@ -1,57 +1,116 @@
-"""`nox -s bench`: the toolkit against baselines measured in the same run, as ratios.
+"""`nox -s bench`: the toolkit against `docker buildx bake` of the same targets, in one run.
 
-1. No-op rebuild of the CPU families and a set of their services: the toolkit (identity lookups)
-   vs `docker buildx bake` of the same plan with a warm cache.
-2. A one-file code change in one service: the toolkit (rebuilds and verifies one image) vs the
-   same bake.
-3. Locking: uv vs pip-compile on the targets pip-compile can lock.
+Everything runs on a copy of the fleet under the state dir, with its own registry orgs, through
+the library call the command line makes (the no-op and the unchanged lock through the command
+line itself, interpreter start included). Bake builds the bake file the toolkit writes for the
+same plan (``python -m buildtool bake``), with a buildx that can run it (:func:`bake.ensure_bake`).
 
-Where this engine's bake cannot run the file (buildx 0.13 has no per-target host network, and
-the engine runs without a bridge), the baseline is the same targets built one by one with
-`docker buildx build` and the same cache settings, which is what bake would run; the output
-says which baseline was used. Everything runs on a copy of the fleet, under its own registry
-org and state dir, through the same library call the command line makes.
+Rows, each with the same selection on both sides:
+
+1. cold build of the CPU family chain: no BuildKit cache, no registry cache;
+2. no-op of the selection after both sides built it once (median of paired runs);
+3. one service's code change; 4. one family's requirement change (relocked, then its subtree);
+5. locking: an unchanged fleet (incremental), and a full re-resolve by uv vs pip-compile;
+6. image sizes: the toolkit's services against a naive single-stage Dockerfile of them.
+
+The toolkit's rows build, verify (smoke checks, health under --network=none) and push; bake's
+build and load. The supply-chain gate is off on both sides (bake has none). ``quick`` takes the
+CPU chain and three services on one machine, one run per row: what CI runs, so a broken bench
+fails CI. Results go to the state dir's reports/bench.json and bench.md.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import statistics
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildtool import bake, pipeline
 from buildtool.adapters import host
 from buildtool.adapters.bootstrap import bootstrap_rootfs
-from buildtool.adapters.files import copy_fleet, owned_dir, write_context
+from buildtool.adapters.engine import Docker
+from buildtool.adapters.files import atomic_write, copy_fleet, owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
-from buildtool.core.errors import CommandError
+from buildtool.core.errors import BuildError
 from buildtool.execute.executor import Progress, rootfs
+from buildtool.locking import lock as locking
 from buildtool.locking.resolver import pip_compile_can_lock, resolve
 from buildtool.locking.targets import targets
 from buildtool.model.load import load_fleet
 from buildtool.model.locks import family_lock_path, service_lock_path
 from buildtool.model.types import Fleet, Service
-from buildtool.plan.plan import MB, make_plan
+from buildtool.plan.plan import MB, Plan, make_plan
 from buildtool.settings import Settings
 
-SERVICES = ["ServiceRegistry", "MemoryFusionHub", "CacheManager", "SelfHealingSupervisor"]
-Row = tuple[str, float, str, float]  # measurement, toolkit seconds, baseline, baseline seconds
+CHANGED_SERVICE = "ServiceRegistry"  # gets its own copy of the agent code, changed by the bench
+CHANGED_FAMILY = "family-web"
+ADDED_REQUIREMENT = "itsdangerous==2.2.0"  # small, pure Python, in no lock of the fleet
+NAIVE = ["ServiceRegistry", "SelfHealingSupervisor", "AdvancedCommandHandler"]  # web, own requirements, legacy
+GROUPS = {"cpu", "legacy"}  # the CPU fleet: no CUDA family builds in the bench
+
+
+@dataclass(frozen=True, kw_only=True)
+class Row:
+    measurement: str
+    toolkit: float
+    baseline: str
+    baseline_value: float | None
+    unit: str = "s"
+    goal: float | None = None  # the ratio baseline/toolkit the row should reach (at least)
+
+    @property
+    def ratio(self) -> float | None:
+        return self.baseline_value / self.toolkit if self.baseline_value is not None and self.toolkit else None
+
+    @property
+    def met(self) -> bool | None:
+        return None if self.goal is None or self.ratio is None else self.ratio >= self.goal
+
+
+@dataclass(kw_only=True)
+class Report:
+    mode: str
+    images: int
+    bake: bake.Bake
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "mode": self.mode,
+            "images": self.images,
+            "bake": {"buildx": self.bake.buildx, "buildkit": self.bake.buildkit, "plugin": str(self.bake.docker_config or "")},
+            "rows": [{**dataclasses.asdict(r), "ratio": r.ratio, "met": r.met} for r in self.rows],
+            "notes": self.notes,
+        }
+
+    def markdown(self) -> str:
+        lines = [
+            f"# bench ({self.mode}: {self.images} images)",
+            "",
+            f"bake: {self.bake.buildx}; BuildKit {self.bake.buildkit}",
+            "",
+            "| measurement | toolkit | baseline | baseline value | ratio (baseline / toolkit) | goal |",
+            "|---|---:|---|---:|---:|---|",
+        ]
+        for r in self.rows:
+            base = "-" if r.baseline_value is None else f"{r.baseline_value:.2f} {r.unit}"
+            ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
+            goal = "" if r.goal is None else f"≥ {r.goal:g}x: {'met' if r.met else 'NOT met'}"
+            lines.append(f"| {r.measurement} | {r.toolkit:.2f} {r.unit} | {r.baseline} | {base} | {ratio} | {goal} |")
+        lines += ["", *(f"- {n}" for n in self.notes)]
+        return "\n".join(lines) + "\n"
 
 
 class _Quiet:
     def update(self, key: str, status: str, detail: str = "") -> None:
         pass
-
-
-def _copy_fleet(src: Path, dest: Path) -> None:
-    owned_dir(dest, repo=src, what="bench fleet copy", clear=True)
-    copy_fleet(src, dest)
-    agent = dest / "agents" / "reference_agent" / "agent.py"
-    write_context(dest / "agents" / "bench_agent", [("agent.py", agent.read_bytes())])
-    svc = dest / "services" / f"{SERVICES[0]}.toml"
-    svc.write_text(svc.read_text() + 'source = "agents/bench_agent"\n')
 
 
 def _timed(fn: Callable[[], object]) -> float:
@@ -60,32 +119,148 @@ def _timed(fn: Callable[[], object]) -> float:
     return time.monotonic() - start
 
 
-def _baseline(bake_file: Path) -> tuple[str, float]:
-    """Build every target of the bake file: with bake where it can, else target by target."""
-    start = time.monotonic()
-    try:
-        host.run(["docker", "buildx", "bake", "-f", str(bake_file)])
-        return "docker buildx bake", time.monotonic() - start
-    except CommandError:
-        pass
-    start = time.monotonic()
-    data = json.loads(bake_file.read_text())
-    for name in data["group"]["default"]["targets"]:
-        t = data["target"][name]
-        argv = ["docker", "buildx", "build", "--network=host", "--load", "-f", f"{t['context']}/Dockerfile"]
-        for k, v in t["args"].items():
-            if v.startswith("parent-"):  # named-context parents: use the tag bake would have built
-                parent = data["target"][v.removeprefix("parent-")]
-                v = parent["tags"][0]
-            argv += ["--build-arg", f"{k}={v}"]
-        argv += [f"--secret={s}" for s in t["secret"]]
-        argv += [f"--cache-from={c}" for c in t["cache-from"]]
-        argv += ["-t", t["tags"][0], t["context"]]
-        host.run(argv)
-    return "docker buildx build per bake target", time.monotonic() - start
+def _copy_fleet(src: Path, dest: Path) -> None:
+    owned_dir(dest, repo=src, what="bench fleet copy", clear=True)
+    copy_fleet(src, dest)
+    agent = dest / "agents" / "reference_agent" / "agent.py"
+    write_context(dest / "agents" / "bench_agent", [("agent.py", agent.read_bytes())])
+    svc = dest / "services" / f"{CHANGED_SERVICE}.toml"
+    svc.write_text(svc.read_text() + 'source = "agents/bench_agent"\n')
 
 
-NAIVE = ["ServiceRegistry", "SelfHealingSupervisor", "AdvancedCommandHandler"]  # web, own requirements, legacy
+class Bench:
+    """One bench run: the fleet copy, its settings, the bake that builds the same targets."""
+
+    def __init__(self, settings: Settings, *, quick: bool, progress: Progress) -> None:
+        pipeline.prepare_state(settings)
+        self.state = settings.state_dir / "bench"
+        self.root = self.state / "fleet"
+        _copy_fleet(settings.root, self.root)
+        stamp = int(time.time())
+        self.settings = dataclasses.replace(settings, root=self.root, org=f"bench-{stamp}", state_dir=self.state / "state", scan=False)
+        self.cold = dataclasses.replace(self.settings, org=f"bench-{stamp}-cold", cache=False)
+        self.quick = quick
+        self.progress = progress
+        self.registry = pipeline.bring_up(self.settings)
+        self.bake = bake.ensure_bake(self.settings.state_dir)
+
+    # -- the two sides ------------------------------------------------------------------------
+
+    def plan(self, families_only: bool = False) -> Plan:
+        """The CPU family chain, and (unless ``families_only``) the selection's services."""
+        fleet = load_fleet(self.root)
+        groups = sorted(GROUPS)
+        if families_only:
+            return make_plan(fleet, groups=groups)
+        if self.quick:
+            return make_plan(fleet, groups=groups, services=NAIVE, machines=["mainpc"])
+        return make_plan(fleet, groups=groups, services=[n for n, s in fleet.services.items() if fleet.families[s.family].group in GROUPS])
+
+    def toolkit(self, settings: Settings | None = None, plan: Plan | None = None) -> float:
+        settings = settings or self.settings
+        plan = plan or self.plan()
+        return _timed(lambda: pipeline.build(settings, load_fleet(self.root), plan, progress=self.progress))
+
+    def toolkit_cli(self, *args: str) -> float:
+        """The command line, as a user runs it: interpreter start, imports and all."""
+        env = {"FLEET_STATE_DIR": str(self.settings.state_dir), "FLEET_ORG": self.settings.org}
+        argv = [sys.executable, "-m", "buildtool", "--root", str(self.root), *args]
+        start = time.monotonic()
+        proc = host.run(argv, env=env, check=False)
+        took = time.monotonic() - start
+        if proc.returncode != 0:
+            raise BuildError(f"{' '.join(argv[2:])} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+        return took
+
+    def bake_file(self, plan: Plan, settings: Settings | None = None) -> Path:
+        settings = settings or self.settings
+        dest = self.state / ("bake-cold" if settings is self.cold else "bake")
+        return bake.write(plan, settings, owned_dir(dest, what="bench bake file", clear=True),
+                          bootstrap=lambda step: rootfs(step, settings, bootstrap_rootfs))  # fmt: skip
+
+    def baked(self, file: Path, *extra: str) -> float:
+        argv = self.bake.argv(file, "--progress=plain", *extra, reads=(self.settings.ca_bundle, file.parent))
+        log = file.parent / "bake.log"
+        start = time.monotonic()
+        proc = host.run(argv, env=self.bake.env, check=False)
+        took = time.monotonic() - start
+        log.write_text(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise BuildError(f"docker buildx bake failed (exit {proc.returncode}, log: {log}):\n{log.read_text()[-3000:]}")
+        return took
+
+    # -- the rows -----------------------------------------------------------------------------
+
+    def cold_chain(self) -> Row:
+        plan = self.plan(families_only=True)
+        file = self.bake_file(plan, self.cold)  # bootstraps the roots first: neither side pays for them
+        ours = self.toolkit(self.cold, plan)
+        theirs = self.baked(file, "--no-cache")
+        return Row(measurement=f"cold build of the CPU family chain ({len(plan.steps)} images)", toolkit=ours,
+                   baseline="bake --no-cache", baseline_value=theirs, goal=1.0)  # fmt: skip
+
+    def noop(self, runs: int) -> tuple[Row, Row]:
+        plan = self.plan()
+        file = self.bake_file(plan)
+        self.toolkit(plan=plan)
+        self.baked(file)  # both sides built once, not measured
+        # The command line's selection of the same plan.
+        args = ["build", "--all", "--within-groups", "cpu,legacy"]
+        if self.quick:
+            args = ["build", "--group", "cpu", "--group", "legacy", "--machine", "mainpc", *NAIVE]
+        ours, theirs = [], []
+        for _ in range(runs):
+            ours.append(self.toolkit_cli(*args))
+            theirs.append(self.baked(file))
+        counted = pipeline.bring_up(self.settings, engine=False)
+        pipeline.build(self.settings, load_fleet(self.root), plan, progress=self.progress, registry=counted)
+        per_image = counted.requests / len(plan.steps)
+        n = f"median of {runs}" if runs > 1 else "one run"
+        return (
+            Row(measurement=f"no-op, {len(plan.steps)} images ({n}, command line)", toolkit=statistics.median(ours),
+                baseline="bake, warm", baseline_value=statistics.median(theirs), goal=10.0),
+            Row(measurement="registry requests per image in a no-op", toolkit=per_image, baseline="-", baseline_value=None, unit="req"),
+        )  # fmt: skip
+
+    def code_change(self) -> Row:
+        agent = self.root / "agents" / "bench_agent" / "agent.py"
+        agent.write_text(agent.read_text() + "\n# bench change 1\n")
+        ours = self.toolkit()
+        agent.write_text(agent.read_text() + "\n# bench change 2\n")
+        theirs = self.baked(self.bake_file(self.plan()))
+        return Row(measurement=f"one service's code change ({CHANGED_SERVICE})", toolkit=ours, baseline="bake", baseline_value=theirs, goal=1 / 1.1)
+
+    def requirement_change(self) -> Row:
+        fam = self.root / "families" / f"{CHANGED_FAMILY}.toml"
+        text = fam.read_text()
+        fam.write_text(re.sub(r"^requirements = \[", f'requirements = ["{ADDED_REQUIREMENT}", ', text, count=1, flags=re.M))
+        locking.lock(load_fleet(self.root), None, ca_bundle=self.settings.ca_bundle)
+        fleet = load_fleet(self.root)
+        plan = self.plan()
+        subtree = [s for s in plan.steps if CHANGED_FAMILY in s.lineage]
+        ours = self.toolkit(plan=plan)
+        built = json.loads((self.settings.state_dir / "reports" / "last-run.json").read_text())["results"]
+        rebuilt = sorted(r["repository"] for r in built if r["status"] == "built")
+        if rebuilt != sorted(s.repository for s in subtree):
+            raise BuildError(f"a {CHANGED_FAMILY} requirement change rebuilt {rebuilt}, not its subtree")
+        del fleet
+        theirs = self.baked(self.bake_file(plan))
+        return Row(measurement=f"{CHANGED_FAMILY} requirement change ({len(subtree)} images rebuilt)", toolkit=ours, baseline="bake", baseline_value=theirs)
+
+    def locks(self) -> list[Row]:
+        unchanged = self.toolkit_cli("lock")
+        fleet = load_fleet(self.root)
+        chosen = [t for t in targets(fleet) if pip_compile_can_lock(t) and (t.name not in fleet.families or not fleet.families[t.name].gpu)]
+        if self.quick:
+            chosen = chosen[:1]
+        parent = lambda t: fleet.locks.get(t.constraints) if t.constraints else None  # noqa: E731
+        ca = self.settings.ca_bundle
+        uv = sum(_timed(lambda t=t: resolve(t, parent(t), engine="uv", ca_bundle=ca)) for t in chosen)
+        pipc = sum(_timed(lambda t=t: resolve(t, parent(t), engine="pip-compile", ca_bundle=ca)) for t in chosen)
+        return [
+            Row(measurement="lock an unchanged fleet (command line)", toolkit=unchanged, baseline="-", baseline_value=None),
+            Row(measurement=f"full re-resolve of {len(chosen)} targets (uv)", toolkit=uv, baseline="pip-compile", baseline_value=pipc, goal=50.0),
+        ]
 
 
 def naive_dockerfile(fleet: Fleet, service: Service, machine: str) -> str:
@@ -110,7 +285,7 @@ def naive_dockerfile(fleet: Fleet, service: Service, machine: str) -> str:
 
 def naive_sizes(settings: Settings, fleet: Fleet, engine: Engine, registry: Registry, names: list[str]) -> list[Row]:
     """Compressed size of each service as the toolkit built it vs a naive single-stage build of it."""
-    plan = make_plan(fleet, services=names)
+    plan = make_plan(fleet, services=names, machines=["mainpc"])
     rows: list[Row] = []
     for step in (s for s in plan.steps if s.kind == "service"):
         service = fleet.services[step.name]
@@ -126,51 +301,33 @@ def naive_sizes(settings: Settings, fleet: Fleet, engine: Engine, registry: Regi
                              build_args={"BUILDER_IMAGE": str(settings.ref(root.builder_repository, digest=builder or ""))}, labels={},
                              log=settings.state_dir / "naive" / f"{step.repository}.log")  # fmt: skip
         ours = sum(registry.layer_sizes(settings.ref(step.repository).path, step.id_tag))
-        rows.append((f"{step.repository} size (MB compressed)", ours / MB, "naive single stage", built.compressed / MB))
+        rows.append(Row(measurement=f"{step.repository} size", toolkit=ours / MB, baseline="naive single stage", baseline_value=built.compressed / MB,
+                        unit="MB"))  # fmt: skip
     return rows
 
 
-def run_bench(settings: Settings, *, lock_all: bool = False, progress: Progress | None = None) -> list[Row]:
-    """Run the measurements on a copy of ``settings.root``'s fleet, under its own org and state dir."""
-    pipeline.prepare_state(settings)
-    state = settings.state_dir / "bench"
-    root = state / "fleet"
-    _copy_fleet(settings.root, root)
-    bench = dataclasses.replace(settings, root=root, org=f"bench-{int(time.time())}", state_dir=state / "state")
-    progress = progress or _Quiet()
-
-    def tool() -> None:
-        fleet = load_fleet(root)
-        pipeline.build(bench, fleet, make_plan(fleet, services=SERVICES), progress=progress)
-
-    def bake_file() -> Path:
-        plan = make_plan(load_fleet(root), services=SERVICES)
-        return bake.write(plan, bench, owned_dir(state / "bake", clear=True), bootstrap=lambda step: rootfs(step, bench, bootstrap_rootfs))
-
-    rows: list[Row] = []
-    tool()  # first build, not measured
-    noop = _timed(tool)
-    kind, base = _baseline(bake_file())
-    rows.append(("no-op rebuild", noop, kind, base))
-
-    agent = root / "agents" / "bench_agent" / "agent.py"
-    agent.write_text(agent.read_text() + "\n# bench change 1\n")
-    change = _timed(tool)
-    agent.write_text(agent.read_text() + "\n# bench change 2\n")
-    kind, base = _baseline(bake_file())
-    rows.append(("one-service code change", change, kind, base))
-
-    fleet = load_fleet(root)
-    chosen = [t for t in targets(fleet) if pip_compile_can_lock(t) and (lock_all or t.name not in fleet.families or not fleet.families[t.name].gpu)]
-    parent = lambda t: fleet.locks.get(t.constraints) if t.constraints else None  # noqa: E731
-    uv = sum(_timed(lambda t=t: resolve(t, parent(t), engine="uv", ca_bundle=settings.ca_bundle)) for t in chosen)
-    pipc = sum(_timed(lambda t=t: resolve(t, parent(t), engine="pip-compile", ca_bundle=settings.ca_bundle)) for t in chosen)
-    rows.append((f"lock {len(chosen)} targets (uv)", uv, "pip-compile", pipc))
-
-    fleet = load_fleet(root)
-    tool_naive = lambda: pipeline.build(bench, fleet, make_plan(fleet, services=NAIVE), progress=progress)  # noqa: E731
-    tool_naive()
-    from buildtool.adapters.engine import Docker
-
-    rows += naive_sizes(bench, fleet, Docker(), pipeline.bring_up(bench, engine=False), NAIVE)
-    return rows
+def run_bench(settings: Settings, *, quick: bool = False, say: Callable[[str], None] = lambda line: None) -> Report:
+    """Run every row on a copy of ``settings.root``'s fleet; write reports/bench.{json,md} to the state dir."""
+    say("setting up: the fleet copy, the registry, a buildx whose bake runs the bake file")
+    bench = Bench(settings, quick=quick, progress=_Quiet())
+    report = Report(mode="quick" if quick else "full", images=len(bench.plan().steps), bake=bench.bake)
+    say(f"bake: {bench.bake.buildx}; BuildKit {bench.bake.buildkit}")
+    for what, row in (
+        ("cold build of the CPU family chain, both sides", bench.cold_chain),
+        (f"first build of {report.images} images on both sides, then the no-op", lambda: bench.noop(runs=1 if quick else 3)),
+        ("one service's code change", bench.code_change),
+        (f"a {CHANGED_FAMILY} requirement change: relock, then both sides", bench.requirement_change),
+        ("locking: unchanged fleet, then uv vs pip-compile", bench.locks),
+        ("naive single-stage builds of three services", lambda: naive_sizes(bench.settings, load_fleet(bench.root), Docker(), bench.registry, NAIVE)),
+    ):
+        say(what)
+        made = row()
+        report.rows += made if isinstance(made, (list, tuple)) else [made]
+    report.notes += [
+        "toolkit rows build, verify (smoke checks, health) and push; bake rows build and load; the gate is off on both sides",
+        f"bake file and logs: {bench.state / 'bake'}; the bench fleet and its state: {bench.state}",
+    ]
+    reports = settings.state_dir / "reports"
+    atomic_write(reports / "bench.json", json.dumps(report.as_json(), indent=2) + "\n")
+    atomic_write(reports / "bench.md", report.markdown())
+    return report

@@ -11,6 +11,7 @@ written.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -71,6 +72,25 @@ def bring_up(settings: Settings, *, engine: bool = True) -> RegistryClient:
     return RegistryClient(settings.registry, token=settings.registry_token, user=settings.registry_user)
 
 
+class EngineOnDemand:
+    """The engine, brought up (and its client library imported) when a step first needs it: a
+    run where every image is already in the registry starts no engine and imports neither."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> object:
+        with self._lock:
+            if self._engine is None:
+                from buildtool.adapters.engine import Docker
+
+                setup.ensure_engine(state_dir=self._settings.state_dir)
+                self._engine = Docker()
+        return getattr(self._engine, name)
+
+
 def build(
     settings: Settings,
     fleet: Fleet,
@@ -98,11 +118,9 @@ def build(
         raise LockError("locks of the selected images do not match their inputs; nothing was built:\n" + "\n".join(f"  - {p}" for p in problems))
     prepare_state(settings)
     if registry is None:
-        registry = bring_up(settings)
+        registry = bring_up(settings, engine=False)
     if engine is None:
-        from buildtool.adapters.engine import Docker
-
-        engine = Docker()
+        engine = EngineOnDemand(settings)  # type: ignore[assignment]
     if bootstrap is None:
         from buildtool.adapters.bootstrap import bootstrap_rootfs as bootstrap
     security, notes = security_prepare(settings, fleet, plan, scanner=scanner) if settings.scan else (None, [])

@@ -251,17 +251,24 @@ def bake(args: argparse.Namespace) -> int:
 
 
 def bench(args: argparse.Namespace) -> int:
+    """Measure the toolkit against `docker buildx bake` of the same targets; print and keep the table."""
     from buildtool import bench as benching
 
     fleet = fleet_of(args)
     run_settings = settings_of(args, fleet)
-    rows = benching.run_bench(run_settings, lock_all=args.lock_all)
-    table = Table(title="bench (same run, same machine)")
-    for col in ("measurement", "toolkit", "baseline", "baseline value", "ratio (baseline / toolkit)"):
-        table.add_column(col, justify="left" if col in ("measurement", "baseline") else "right")
-    for name, ours, kind, base in rows:
-        table.add_row(name, f"{ours:.2f}", kind, f"{base:.2f}", f"{base / ours:.2f}x" if ours else "-")
+    report = benching.run_bench(run_settings, quick=args.quick, say=lambda line: console.print(f"bench: {line}", highlight=False))
+    table = Table(title=f"bench, {report.mode} ({report.images} images; one run, one machine)")
+    for col in ("measurement", "toolkit", "baseline", "baseline value", "ratio (baseline / toolkit)", "goal"):
+        table.add_column(col, justify="left" if col in ("measurement", "baseline", "goal") else "right")
+    for r in report.rows:
+        goal = "" if r.goal is None else f">= {r.goal:.2f}x: " + ("met" if r.met else "[red]NOT met[/]")
+        table.add_row(r.measurement, f"{r.toolkit:.2f} {r.unit}", r.baseline, "-" if r.baseline_value is None else f"{r.baseline_value:.2f} {r.unit}",
+                      "-" if r.ratio is None else f"{r.ratio:.2f}x", goal)  # fmt: skip
     console.print(table)
+    console.print(f"bake: {report.bake.buildx}; BuildKit {report.bake.buildkit}")
+    for note in report.notes:
+        console.print(f"note: {note}", highlight=False)
+    console.print(f"results: {run_settings.state_dir / 'reports' / 'bench.json'} and bench.md")
     return 0
 
 

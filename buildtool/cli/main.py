@@ -87,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     _selection(p)
     p.set_defaults(func=commands.repro)
 
-    p = sub.add_parser("bench", help="measure no-op and one-change rebuilds and locking against baselines")
-    p.add_argument("--lock-all", action="store_true", help="lock the GPU families too (pip-compile takes minutes each)")
+    p = sub.add_parser("bench", help="measure builds, no-ops and locking against docker buildx bake of the same targets")
+    p.add_argument("--quick", action="store_true", help="the CPU chain and three services on one machine, one run per row (CI)")
     p.set_defaults(func=commands.bench)
 
     p = sub.add_parser("report", help="print the last size report")

@@ -29,6 +29,7 @@ from buildtool.plan.plan import Plan, Step
 from buildtool.settings import Settings
 
 APP_USER = "10001:10001"
+LOOKUPS = 16  # registry requests in flight at once when looking images up
 log = logging.getLogger("buildtool.execute")
 
 
@@ -100,7 +101,18 @@ class Executor:
 
     # -- scheduling -------------------------------------------------------------------------
 
+    def lookup(self) -> None:
+        """Fetch every image's identity manifest (and each root's builder) at once, concurrently:
+        the one registry request per image that decides built or cached; the steps, the gate and
+        the report read them from the client's memory."""
+        refs = [(self.settings.ref(s.repository).path, s.id_tag) for s in self.plan.steps]
+        refs += [(self.settings.ref(s.builder_repository).path, s.id_tag) for s in self.plan.steps if s.root is not None]
+        if refs:
+            with ThreadPoolExecutor(max_workers=min(LOOKUPS, len(refs))) as pool:
+                list(pool.map(lambda ref: self.registry.manifest(*ref), refs))
+
     def run(self) -> list[Result]:
+        self.lookup()
         pending = list(self.plan.steps)
         running: dict[Future[Result], Step] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
@@ -113,6 +125,9 @@ class Executor:
                     if parent is not None and parent.status in ("failed", "blocked"):
                         self._finish(Result(key=step.key, repository=step.repository, status="blocked", message=f"{parent.repository} failed"))
                         continue
+                    if self._known(step):  # in the registry already: nothing to wait for
+                        self._finish(self._guarded(step, parent))
+                        continue
                     running[pool.submit(self._guarded, step, parent)] = step
                 if not running:
                     if pending:  # cannot happen with a plan from make_plan (parents come first)
@@ -123,6 +138,15 @@ class Executor:
                     running.pop(future)
                     self._finish(future.result())
         return [self.results[s.key] for s in self.plan.steps]
+
+    def _known(self, step: Step) -> bool:
+        """The image (and a root's builder) is in the registry and its gate verdict is at hand:
+        its step is a lookup, done without a worker."""
+        repo = self.settings.ref(step.repository).path
+        found = self.registry.manifest(repo, step.id_tag)
+        if found is None or (step.root is not None and self.registry.manifest(self.settings.ref(step.builder_repository).path, step.id_tag) is None):
+            return False
+        return self.security is None or self.security.report(found.digest) is not None
 
     def _finish(self, result: Result) -> None:
         self.results[result.key] = result
@@ -152,8 +176,13 @@ class Executor:
         s = self.settings
         repo = s.ref(step.repository).path
         self.progress.update(step.key, "checking")
-        digest = self.registry.digest(repo, step.id_tag)
-        builder = self.registry.digest(s.ref(step.builder_repository).path, step.id_tag) if step.root is not None else ""
+        found = self.registry.manifest(repo, step.id_tag)
+        digest = found.digest if found else None
+        if step.root is None:
+            builder: str | None = ""
+        else:
+            root = self.registry.manifest(s.ref(step.builder_repository).path, step.id_tag)
+            builder = root.digest if root else None
         if digest and builder is not None:
             compressed = sum(self.registry.layer_sizes(repo, digest))
             warnings = self._budget(step, compressed)

@@ -51,6 +51,7 @@ class Security:
     warn_families: frozenset[str] = field(default_factory=frozenset)  # families that downgrade to warn
     today: dt.date
     state_dir: Path
+    _records: dict[str, dict] = field(default_factory=dict, compare=False, repr=False)  # read once per run
 
     def policy_for(self, lineage: tuple[str, ...]) -> str:
         return "warn" if self.policy == "warn" or self.warn_families & set(lineage) else "enforce"
@@ -59,19 +60,22 @@ class Security:
         return self.state_dir / "security" / f"{digest.replace(':', '-')}.json"
 
     def record(self, digest: str) -> dict:
-        try:
-            return json.loads(self._record_path(digest).read_text())
-        except (OSError, ValueError):
-            return {}
+        if digest not in self._records:
+            try:
+                self._records[digest] = json.loads(self._record_path(digest).read_text())
+            except (OSError, ValueError):
+                self._records[digest] = {}
+        return self._records[digest]
 
     def keep(self, digest: str, **fields: object) -> None:
-        record = self.record(digest)
+        record = dict(self.record(digest))
         for key, value in fields.items():
             if key == "report":
                 record.setdefault("reports", {})[self.db_version or NO_DB] = value
             else:
                 record[key] = value
         atomic_write(self._record_path(digest), json.dumps(record, sort_keys=True))
+        self._records[digest] = record
 
     def report(self, digest: str) -> dict | None:
         """The kept scan report of ``digest`` for this run's database, if any."""

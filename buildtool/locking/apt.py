@@ -203,12 +203,14 @@ def _write(path: Path, text: str) -> None:
         path.write_text(text)
 
 
-def _archive(suite: str, cache: Path) -> _Archive:
-    """The private apt for ``suite`` under ``cache``, its lists fetched (once per process)."""
+def _archive(suite: str, cache: Path, *, expired_ok: bool = False) -> _Archive:
+    """The private apt for ``suite`` under ``cache``, its lists fetched (once per process).
+    ``expired_ok``: accept signed lists past their Valid-Until (a mirror that lags behind)."""
     version, arch = host_apt()
     keyring = _keyring(suite)
     root = (cache / suite).absolute()
-    for sub in ("etc/apt/preferences.d", "etc/apt/sources.list.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"):
+    folders = ("etc/apt/apt.conf.d", "etc/apt/preferences.d", "etc/apt/sources.list.d", "var/lib/apt/lists/partial", "var/cache/apt/archives/partial")
+    for sub in (*folders, "var/lib/dpkg"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     lines = [_signed(line, keyring) for line in sources(suite)]
     listing = "".join(line + "\n" for line in lines)
@@ -217,14 +219,15 @@ def _archive(suite: str, cache: Path) -> _Archive:
     _write(root / "apt.conf", _config(root, arch, status=root / "var/lib/dpkg/status", preferences=None))
     with _updating:
         if (root, listing) not in _updated:
-            _update(root, suite)
+            _update(root, suite, expired_ok=expired_ok)
             _updated.add((root, listing))
     return _Archive(suite=suite, root=root, arch=arch, apt=version, dates=tuple(_dates(root, lines)))
 
 
-def _update(root: Path, suite: str) -> None:
+def _update(root: Path, suite: str, *, expired_ok: bool = False) -> None:
     started = time.monotonic()
-    proc = _run(root / "apt.conf", ["apt-get", "-q", "update"])
+    options = ["-o", "Acquire::Check-Valid-Until=false"] if expired_ok else []
+    proc = _run(root / "apt.conf", ["apt-get", "-q", *options, "update"])
     problems = [line for line in proc.stderr.splitlines() if line.startswith(("E:", "W:"))]
     if proc.returncode != 0 or any(p.startswith("E:") for p in problems):
         raise LockError(f"apt-get update of the {suite} archive failed:\n  " + "\n  ".join(problems or [f"exit code {proc.returncode}"]))
@@ -353,3 +356,27 @@ def _resolution(archive: _Archive, installed: Mapping[str, str], pins: Mapping[s
     if drifted:
         raise LockError(f"apt chose other versions than the pinned ones in the {archive.suite} archive: {', '.join(drifted)}")
     return Resolution(packages=tuple(sorted(installed.items())), archives=archive.dates, apt=archive.apt)
+
+
+# -- single packages -----------------------------------------------------------------------------
+
+
+def download(*, suite: str, package: str, cache: Path) -> tuple[Path, str]:
+    """Download ``package``'s candidate .deb from ``suite`` (signature-checked lists, nothing
+    installed) into ``cache``/debs; returns (the .deb, its version). A lagging mirror's expired
+    lists are accepted: this fetches a tool, not a lock's packages."""
+    archive = _archive(suite, cache, expired_ok=True)
+    shown = _run(archive.conf, ["apt-cache", "policy", package])
+    found = re.search(r"^\s+Candidate: (\S+)$", shown.stdout, re.M)
+    if shown.returncode != 0 or not found or found[1] == "(none)":
+        raise LockError(f"the {suite} archive has no {package}:\n{shown.stderr or shown.stdout}")
+    dest = (cache / "debs").absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob(f"{package}_*.deb"):  # this folder is the toolkit's own
+        old.unlink()
+    proc = host.run(["apt-get", "download", f"{package}={found[1]}"], env={"APT_CONFIG": str(archive.conf), "LC_ALL": "C"},
+                    cwd=dest, check=False, timeout=TIMEOUT)  # fmt: skip
+    debs = sorted(dest.glob(f"{package}_*.deb"))
+    if proc.returncode != 0 or not debs:
+        raise LockError(f"apt-get download {package}={found[1]} from {suite} failed:\n{proc.stderr}")
+    return debs[0], found[1]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,9 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
     """
     staged: list[tuple[str, Manifest, Manifest | None, Manifest | None]] = []
     clashes: list[str] = []
+    refs = [(repo_path(org, repo), ref) for repo, id_tag in images.items() for ref in (id_tag, tag, CURRENT)]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # read concurrently; the client keeps what it read
+        list(pool.map(lambda ref: registry.manifest(*ref), refs))
     for repo, id_tag in images.items():
         name = repo_path(org, repo)
         new = registry.manifest(name, id_tag)

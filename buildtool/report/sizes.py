@@ -4,9 +4,11 @@ biggest Python packages. :mod:`.tables` shows them and writes them to the state 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +49,21 @@ class ImageSize:
         return None if self.prev_compressed is None else self.compressed - self.prev_compressed
 
 
-def _layers(registry: Registry, repo: str, ref: str) -> list[Layer]:
+def _config(registry: Registry, repo: str, ref: str, cache_dir: Path) -> dict:
+    """The image's config; kept by its digest (a config never changes)."""
+    manifest = registry.image_manifest(repo, ref)
+    if manifest is None:
+        return {}
+    cached = cache_dir / (manifest.data["config"]["digest"].replace(":", "-") + ".json")
+    if not cached.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(cached, json.dumps(registry.config(repo, ref)))
+    return json.loads(cached.read_text())
+
+
+def _layers(registry: Registry, repo: str, ref: str, cache_dir: Path) -> list[Layer]:
     sizes = registry.layer_sizes(repo, ref)
-    history = [h for h in registry.config(repo, ref).get("history", []) if not h.get("empty_layer")]
+    history = [h for h in _config(registry, repo, ref, cache_dir).get("history", []) if not h.get("empty_layer")]
     cmds = [h.get("created_by", "") for h in history] if len(history) == len(sizes) else [""] * len(sizes)
     return [Layer(size=s, created_by=" ".join(c.replace("/bin/sh -c ", "").split())[:90]) for s, c in zip(sizes, cmds, strict=True)]
 
@@ -137,33 +151,58 @@ def security_summary(result: object) -> dict[str, object]:
 
 
 def measure(plan: Plan, results: dict[str, object], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
-    out = []
-    for step in plan.steps:
-        repo = repo_path(org, step.repository)
-        layers = _layers(registry, repo, step.id_tag)
-        if not layers:
-            continue  # not in the registry (failed or never built)
-        uncompressed = _uncompressed(registry, repo, step.id_tag, state_dir / "blob-sizes")
-        prev = registry.layer_sizes(repo, PREVIOUS)
-        files = final_files(registry, repo, step.id_tag, state_dir / "layer-files")
-        cuda_bytes, dupes = cuda_inventory(files) if step.gpu else (None, {})
-        out.append(
-            ImageSize(
-                repository=step.repository,
-                machine=step.machine or "any",
-                status=getattr(results.get(step.key), "status", ""),
-                compressed=sum(layer.size for layer in layers),
-                uncompressed=uncompressed,
-                budget_mb=step.budget_mb,
-                prev_compressed=sum(prev) if prev else None,
-                largest=sorted(layers, key=lambda layer: -layer.size)[:3],
-                cuda_bytes=cuda_bytes,
-                cuda_duplicates=dupes,
-                packages=largest_packages(files),
-                security=security_summary(results.get(step.key)),
-            )
-        )
-    return out
+    """Every image of the plan in the registry, measured concurrently from the manifests the run
+    already read; blobs are read once per host (kept under the state dir by digest)."""
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        found = list(pool.map(lambda step: _measure(step, results, registry, org, state_dir), plan.steps))
+    return [m for m in found if m is not None]
+
+
+def _facts(registry: Registry, repo: str, ref: str, gpu: bool, state_dir: Path) -> dict | None:
+    """What an image's manifest alone decides (its layers, their contents): worked out once per
+    image digest and kept under the state dir, so a run that built nothing reads no blob."""
+    manifest = registry.image_manifest(repo, ref)
+    if manifest is None:
+        return None
+    cached = state_dir / "image-facts" / (manifest.digest.replace(":", "-") + ("-gpu" if gpu else "") + ".json")
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    layers = _layers(registry, repo, ref, state_dir / "configs")
+    files = final_files(registry, repo, ref, state_dir / "layer-files")
+    cuda_bytes, dupes = cuda_inventory(files) if gpu else (None, {})
+    facts = {
+        "layers": [dataclasses.asdict(layer) for layer in layers],
+        "uncompressed": _uncompressed(registry, repo, ref, state_dir / "blob-sizes"),
+        "cuda_bytes": cuda_bytes,
+        "cuda_duplicates": dupes,
+        "packages": largest_packages(files),
+    }
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(cached, json.dumps(facts))
+    return facts
+
+
+def _measure(step, results: dict[str, object], registry: Registry, org: str, state_dir: Path) -> ImageSize | None:
+    repo = repo_path(org, step.repository)
+    facts = _facts(registry, repo, step.id_tag, step.gpu, state_dir)
+    if not facts or not facts["layers"]:
+        return None  # not in the registry (failed or never built)
+    layers = [Layer(**layer) for layer in facts["layers"]]
+    prev = registry.layer_sizes(repo, PREVIOUS)
+    return ImageSize(
+        repository=step.repository,
+        machine=step.machine or "any",
+        status=getattr(results.get(step.key), "status", ""),
+        compressed=sum(layer.size for layer in layers),
+        uncompressed=facts["uncompressed"],
+        budget_mb=step.budget_mb,
+        prev_compressed=sum(prev) if prev else None,
+        largest=sorted(layers, key=lambda layer: -layer.size)[:3],
+        cuda_bytes=facts["cuda_bytes"],
+        cuda_duplicates=facts["cuda_duplicates"],
+        packages=[tuple(p) for p in facts["packages"]],
+        security=security_summary(results.get(step.key)),
+    )
 
 
 def load(state_dir: Path) -> list[ImageSize]:

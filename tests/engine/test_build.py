@@ -141,6 +141,29 @@ def test_second_identical_run_builds_nothing(env) -> None:
     assert tags(env, "latest") == before
 
 
+class NoEngine:
+    """An engine that must not be used: a run with nothing to build needs none."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"a no-op touched the engine ({name})")
+
+
+def test_a_no_op_uses_no_engine_and_reads_each_image_from_the_registry_concurrently_and_once(env) -> None:
+    from buildtool import pipeline
+    from buildtool.model.load import load_fleet
+    from buildtool.plan.plan import make_plan
+    from tests.fakes import QuietProgress
+
+    fleet = load_fleet(env["root"])
+    plan = make_plan(fleet, services=[SERVICE])
+    counted = Registry(ADDRESS)
+    run = pipeline.build(env["settings"], fleet, plan, progress=QuietProgress(), engine=NoEngine(), registry=counted, tag="release-1")
+    assert run.count("cached") == len(plan.steps) and run.moves == []
+    # One lookup per image (and the builder root), then the publisher's release and latest tags
+    # and the report's prev: every manifest is read once; blobs come from the state dir's copies.
+    assert counted.requests <= 4 * len(plan.steps) + 1, counted.requests
+
+
 def test_one_file_code_change_rebuilds_one_image(env) -> None:
     agent = env["root"] / "agents" / "own_agent" / "agent.py"
     agent.write_text(agent.read_text() + "\n# change\n")
