@@ -102,7 +102,7 @@ class Report:
         for r in self.rows:
             base = "-" if r.baseline_value is None else f"{r.baseline_value:.2f} {r.unit}"
             ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-            goal = "" if r.goal is None else f"≥ {r.goal:g}x: {'met' if r.met else 'NOT met'}"
+            goal = "" if r.goal is None else f"≥ {r.goal:.2f}x: {'met' if r.met else 'NOT met'}"
             lines.append(f"| {r.measurement} | {r.toolkit:.2f} {r.unit} | {r.baseline} | {base} | {ratio} | {goal} |")
         lines += ["", *(f"- {n}" for n in self.notes)]
         return "\n".join(lines) + "\n"
@@ -156,10 +156,12 @@ class Bench:
             return make_plan(fleet, groups=groups, services=NAIVE, machines=["mainpc"])
         return make_plan(fleet, groups=groups, services=[n for n, s in fleet.services.items() if fleet.families[s.family].group in GROUPS])
 
-    def toolkit(self, settings: Settings | None = None, plan: Plan | None = None) -> float:
+    def toolkit(self, tag: str, settings: Settings | None = None, plan: Plan | None = None) -> float:
+        """One build through the library; ``tag`` names its release (each row's its own: release
+        tags are immutable, and the fleet copy's revision is the checkout's)."""
         settings = settings or self.settings
         plan = plan or self.plan()
-        return _timed(lambda: pipeline.build(settings, load_fleet(self.root), plan, progress=self.progress))
+        return _timed(lambda: pipeline.build(settings, load_fleet(self.root), plan, progress=self.progress, tag=tag))
 
     def toolkit_cli(self, *args: str) -> float:
         """The command line, as a user runs it: interpreter start, imports and all."""
@@ -194,7 +196,7 @@ class Bench:
     def cold_chain(self) -> Row:
         plan = self.plan(families_only=True)
         file = self.bake_file(plan, self.cold)  # bootstraps the roots first: neither side pays for them
-        ours = self.toolkit(self.cold, plan)
+        ours = self.toolkit("bench-cold", self.cold, plan)
         theirs = self.baked(file, "--no-cache")
         return Row(measurement=f"cold build of the CPU family chain ({len(plan.steps)} images)", toolkit=ours,
                    baseline="bake --no-cache", baseline_value=theirs, goal=1.0)  # fmt: skip
@@ -202,18 +204,20 @@ class Bench:
     def noop(self, runs: int) -> tuple[Row, Row]:
         plan = self.plan()
         file = self.bake_file(plan)
-        self.toolkit(plan=plan)
-        self.baked(file)  # both sides built once, not measured
         # The command line's selection of the same plan.
         args = ["build", "--all", "--within-groups", "cpu,legacy"]
         if self.quick:
             args = ["build", "--group", "cpu", "--group", "legacy", "--machine", "mainpc", *NAIVE]
+        self.toolkit_cli(*args)
+        self.baked(file)  # both sides built once, not measured
         ours, theirs = [], []
         for _ in range(runs):
             ours.append(self.toolkit_cli(*args))
             theirs.append(self.baked(file))
         counted = pipeline.bring_up(self.settings, engine=False)
-        pipeline.build(self.settings, load_fleet(self.root), plan, progress=self.progress, registry=counted)
+        run = pipeline.build(self.settings, load_fleet(self.root), plan, progress=self.progress, registry=counted)  # the command line's release tag
+        if run.count("built"):
+            raise BuildError(f"the no-op built {run.count('built')} image(s): the bench's fleet changed under it")
         per_image = counted.requests / len(plan.steps)
         n = f"median of {runs}" if runs > 1 else "one run"
         return (
@@ -225,7 +229,7 @@ class Bench:
     def code_change(self) -> Row:
         agent = self.root / "agents" / "bench_agent" / "agent.py"
         agent.write_text(agent.read_text() + "\n# bench change 1\n")
-        ours = self.toolkit()
+        ours = self.toolkit("bench-change")
         agent.write_text(agent.read_text() + "\n# bench change 2\n")
         theirs = self.baked(self.bake_file(self.plan()))
         return Row(measurement=f"one service's code change ({CHANGED_SERVICE})", toolkit=ours, baseline="bake", baseline_value=theirs, goal=1 / 1.1)
@@ -238,7 +242,7 @@ class Bench:
         fleet = load_fleet(self.root)
         plan = self.plan()
         subtree = [s for s in plan.steps if CHANGED_FAMILY in s.lineage]
-        ours = self.toolkit(plan=plan)
+        ours = self.toolkit("bench-requirement", plan=plan)
         built = json.loads((self.settings.state_dir / "reports" / "last-run.json").read_text())["results"]
         rebuilt = sorted(r["repository"] for r in built if r["status"] == "built")
         if rebuilt != sorted(s.repository for s in subtree):

@@ -186,6 +186,8 @@ class Registry:
         if (repo, ref) in self._manifests and not fresh:
             m = self._manifests[(repo, ref)]
             return m.digest if m else None
+        if fresh:  # what this client read of the tag may be stale now: read it again when asked
+            self._manifests.pop((repo, ref), None)
         resp = self._request("HEAD", f"{repo}/manifests/{ref}", headers={"Accept": MANIFEST_TYPES}, scope=self._scope(repo))
         if resp is None:
             return None
