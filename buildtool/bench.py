@@ -72,6 +72,13 @@ class Row:
     def met(self) -> bool | None:
         return None if self.goal is None or self.ratio is None else self.ratio >= self.goal
 
+    def cells(self) -> tuple[str, str, str, str, str, str]:
+        """measurement, toolkit, baseline, baseline value, ratio, goal: as the table and Markdown show them."""
+        base = "-" if self.baseline_value is None else f"{self.baseline_value:.2f} {self.unit}"
+        ratio = "-" if self.ratio is None else f"{self.ratio:.2f}x"
+        goal = "" if self.goal is None else f"≥ {self.goal:.2f}x: {'met' if self.met else 'NOT met'}"
+        return self.measurement, f"{self.toolkit:.2f} {self.unit}", self.baseline, base, ratio, goal
+
 
 @dataclass(kw_only=True)
 class Report:
@@ -99,11 +106,7 @@ class Report:
             "| measurement | toolkit | baseline | baseline value | ratio (baseline / toolkit) | goal |",
             "|---|---:|---|---:|---:|---|",
         ]
-        for r in self.rows:
-            base = "-" if r.baseline_value is None else f"{r.baseline_value:.2f} {r.unit}"
-            ratio = "-" if r.ratio is None else f"{r.ratio:.2f}x"
-            goal = "" if r.goal is None else f"≥ {r.goal:.2f}x: {'met' if r.met else 'NOT met'}"
-            lines.append(f"| {r.measurement} | {r.toolkit:.2f} {r.unit} | {r.baseline} | {base} | {ratio} | {goal} |")
+        lines += ["| " + " | ".join(r.cells()) + " |" for r in self.rows]
         lines += ["", *(f"- {n}" for n in self.notes)]
         return "\n".join(lines) + "\n"
 
@@ -239,7 +242,6 @@ class Bench:
         text = fam.read_text()
         fam.write_text(re.sub(r"^requirements = \[", f'requirements = ["{ADDED_REQUIREMENT}", ', text, count=1, flags=re.M))
         locking.lock(load_fleet(self.root), None, ca_bundle=self.settings.ca_bundle)
-        fleet = load_fleet(self.root)
         plan = self.plan()
         subtree = [s for s in plan.steps if CHANGED_FAMILY in s.lineage]
         ours = self.toolkit("bench-requirement", plan=plan)
@@ -247,7 +249,6 @@ class Bench:
         rebuilt = sorted(r["repository"] for r in built if r["status"] == "built")
         if rebuilt != sorted(s.repository for s in subtree):
             raise BuildError(f"a {CHANGED_FAMILY} requirement change rebuilt {rebuilt}, not its subtree")
-        del fleet
         theirs = self.baked(self.bake_file(plan))
         return Row(measurement=f"{CHANGED_FAMILY} requirement change ({len(subtree)} images rebuilt)", toolkit=ours, baseline="bake", baseline_value=theirs)
 

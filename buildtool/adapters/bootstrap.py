@@ -42,15 +42,7 @@ log = logging.getLogger("buildtool.bootstrap")
 
 VARIANTS = ("runtime", "builder")
 # Keep images small: no man pages, docs (copyright files stay), locales or info pages.
-DPKG_OPTS = [
-    "path-exclude=/usr/share/man/*",
-    "path-exclude=/usr/share/doc/*",
-    "path-include=/usr/share/doc/*/copyright",
-    "path-exclude=/usr/share/locale/*",
-    "path-include=/usr/share/locale/locale.alias",
-    "path-exclude=/usr/share/info/*",
-    "path-exclude=/usr/share/lintian/*",
-]
+DPKG_OPTS = [opt for folder, kept in dpkg.DOCS for opt in (f"path-exclude={folder}/*", *([f"path-include={kept}"] if kept else []))]
 # Removed after installation: files that differ between two runs or two hosts, the lock's apt
 # preferences, and the host's resolv.conf/hostname (the engine mounts its own into containers).
 CLEANUP = (

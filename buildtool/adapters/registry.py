@@ -23,6 +23,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from buildtool.core.errors import EngineError
@@ -68,6 +69,15 @@ def probe(address: str, timeout: float = 2) -> bool:
         return exc.code == 401
     except OSError:
         return False
+
+
+def read_manifests(registry, refs, *, at_once: int = 16) -> None:
+    """Read the manifests of every (repository, reference) in ``refs`` concurrently, ``at_once``
+    requests in flight; a client keeps what it read for the rest of the run."""
+    refs = list(refs)
+    if refs:
+        with ThreadPoolExecutor(max_workers=min(at_once, len(refs))) as pool:
+            list(pool.map(lambda ref: registry.manifest(*ref), refs))
 
 
 @dataclass(frozen=True, kw_only=True)

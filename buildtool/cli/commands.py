@@ -9,6 +9,7 @@ import re
 import time
 from pathlib import Path
 
+from rich.markup import escape
 from rich.table import Table
 
 from buildtool import pipeline, settings
@@ -261,9 +262,7 @@ def bench(args: argparse.Namespace) -> int:
     for col in ("measurement", "toolkit", "baseline", "baseline value", "ratio (baseline / toolkit)", "goal"):
         table.add_column(col, justify="left" if col in ("measurement", "baseline", "goal") else "right")
     for r in report.rows:
-        goal = "" if r.goal is None else f">= {r.goal:.2f}x: " + ("met" if r.met else "[red]NOT met[/]")
-        table.add_row(r.measurement, f"{r.toolkit:.2f} {r.unit}", r.baseline, "-" if r.baseline_value is None else f"{r.baseline_value:.2f} {r.unit}",
-                      "-" if r.ratio is None else f"{r.ratio:.2f}x", goal)  # fmt: skip
+        table.add_row(*(escape(cell) for cell in r.cells()))
     console.print(table)
     console.print(f"bake: {report.bake.buildx}; BuildKit {report.bake.buildkit}")
     for note in report.notes:

@@ -20,21 +20,22 @@ def interactive() -> bool:
     return console.is_terminal and not IN_CI
 
 
-def error(message: str, *, file: str | None = None) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}")
+def _emit(kind: str, style: str, message: str, file: str | None) -> None:
+    """``kind: message`` on stderr; in GitHub Actions also an annotation of its first line."""
+    err_console.print(f"[{style}]{kind}:[/] {escape(message)}")
     if IN_GITHUB:
         loc = f" file={file}" if file else ""
         first = message.splitlines()[0] if message else ""
-        print(f"::error{loc}::{first}", file=sys.stderr)
+        print(f"::{kind}{loc}::{first}", file=sys.stderr)
+
+
+def error(message: str, *, file: str | None = None) -> None:
+    _emit("error", "bold red", message, file)
 
 
 def warning(message: str, *, file: str | None = None) -> None:
     """Something to fix that fails nothing (a fleet setting that does nothing), on stderr."""
-    err_console.print(f"[bold yellow]warning:[/] {escape(message)}")
-    if IN_GITHUB:
-        loc = f" file={file}" if file else ""
-        first = message.splitlines()[0] if message else ""
-        print(f"::warning{loc}::{first}", file=sys.stderr)
+    _emit("warning", "bold yellow", message, file)
 
 
 def step_summary(markdown: str) -> None:

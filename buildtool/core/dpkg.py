@@ -16,6 +16,7 @@ The runtime keeps the dpkg status database (``/var/lib/dpkg/status``, ``info/*.l
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -28,11 +29,17 @@ from pathlib import Path
 CUT = ("dpkg", "debconf", "debconf-2.0", "perl-base", "debianutils", "awk", "mawk", "init-system-helpers", "adduser")
 # merged-/usr: these are symlinks into /usr in every root the toolkit makes.
 MERGED = {"/bin": "/usr/bin", "/sbin": "/usr/sbin", "/lib": "/usr/lib", "/lib64": "/usr/lib64", "/lib32": "/usr/lib32"}
-# Never exported into a runtime image: documentation, as the bootstrap's dpkg path-excludes and
-# strip hook keep it out of the roots. Copyright files and locale.alias stay.
-UNEXPORTED = ("/usr/share/man", "/usr/share/doc", "/usr/share/doc-base", "/usr/share/info", "/usr/share/locale",
-              "/usr/share/lintian", "/usr/share/bug")
-KEPT = re.compile(r"/usr/share/doc/[^/]+/copyright|/usr/share/locale/locale\.alias")
+# Documentation no image carries: (folder, the glob of what stays in it). The bootstrap gives
+# them to dpkg as path-excludes/-includes; the export leaves them out of what it copies (with the
+# folders the strip hook removes). Globs match as dpkg's do: fnmatch, "*" crosses "/".
+DOCS = (
+    ("/usr/share/man", ""),
+    ("/usr/share/doc", "/usr/share/doc/*/copyright"),
+    ("/usr/share/locale", "/usr/share/locale/locale.alias"),
+    ("/usr/share/info", ""),
+    ("/usr/share/lintian", ""),
+)
+UNEXPORTED = (*(folder for folder, _ in DOCS), "/usr/share/doc-base", "/usr/share/bug")
 
 
 class DpkgError(Exception):
@@ -144,7 +151,7 @@ def _canonical(path: str, root: Path) -> str:
 
 def exported_path(path: str) -> bool:
     """Whether a file list entry belongs in a runtime image (documentation does not)."""
-    if KEPT.fullmatch(path):
+    if any(kept and fnmatch.fnmatchcase(path, kept) for _, kept in DOCS):
         return True
     return not any(path == d or path.startswith(d + "/") for d in UNEXPORTED)
 

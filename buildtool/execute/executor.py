@@ -20,6 +20,7 @@ from typing import Protocol
 from buildtool.adapters.bootstrap import relock_hint, unserved
 from buildtool.adapters.files import owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
+from buildtool.adapters.registry import read_manifests
 from buildtool.core.errors import BuildError, CommandError, LockError, ToolError, VerifyError
 from buildtool.core.hashing import sha256_json
 from buildtool.execute.gate import Verdict
@@ -107,9 +108,17 @@ class Executor:
         the report read them from the client's memory."""
         refs = [(self.settings.ref(s.repository).path, s.id_tag) for s in self.plan.steps]
         refs += [(self.settings.ref(s.builder_repository).path, s.id_tag) for s in self.plan.steps if s.root is not None]
-        if refs:
-            with ThreadPoolExecutor(max_workers=min(LOOKUPS, len(refs))) as pool:
-                list(pool.map(lambda ref: self.registry.manifest(*ref), refs))
+        read_manifests(self.registry, refs, at_once=LOOKUPS)
+
+    def _found(self, step: Step) -> tuple[str | None, str | None]:
+        """(image digest, builder digest) by identity, as looked up: None where missing; a step
+        that is not a root has no builder ("")."""
+        image = self.registry.manifest(self.settings.ref(step.repository).path, step.id_tag)
+        digest = image.digest if image else None
+        if step.root is None:
+            return digest, ""
+        builder = self.registry.manifest(self.settings.ref(step.builder_repository).path, step.id_tag)
+        return digest, builder.digest if builder else None
 
     def run(self) -> list[Result]:
         self.lookup()
@@ -142,11 +151,10 @@ class Executor:
     def _known(self, step: Step) -> bool:
         """The image (and a root's builder) is in the registry and its gate verdict is at hand:
         its step is a lookup, done without a worker."""
-        repo = self.settings.ref(step.repository).path
-        found = self.registry.manifest(repo, step.id_tag)
-        if found is None or (step.root is not None and self.registry.manifest(self.settings.ref(step.builder_repository).path, step.id_tag) is None):
+        digest, builder = self._found(step)
+        if digest is None or builder is None:
             return False
-        return self.security is None or self.security.report(found.digest) is not None
+        return self.security is None or self.security.report(digest) is not None
 
     def _finish(self, result: Result) -> None:
         self.results[result.key] = result
@@ -176,13 +184,7 @@ class Executor:
         s = self.settings
         repo = s.ref(step.repository).path
         self.progress.update(step.key, "checking")
-        found = self.registry.manifest(repo, step.id_tag)
-        digest = found.digest if found else None
-        if step.root is None:
-            builder: str | None = ""
-        else:
-            root = self.registry.manifest(s.ref(step.builder_repository).path, step.id_tag)
-            builder = root.digest if root else None
+        digest, builder = self._found(step)
         if digest and builder is not None:
             compressed = sum(self.registry.layer_sizes(repo, digest))
             warnings = self._budget(step, compressed)

@@ -42,11 +42,10 @@ class Pin:
     block: str  # the requirement line with its --hash continuation lines, as written
 
 
-@dataclass(frozen=True, kw_only=True)
-class Lock:
-    path: str  # relative to the repository root
+class Stamped:
+    """A lock file's text with its stamp header lines (Python and OS locks alike)."""
+
     text: str
-    pins: dict[str, Pin]
 
     def header_value(self, key: str) -> str | None:
         for line in self.text.splitlines():
@@ -57,6 +56,13 @@ class Lock:
     def edited(self) -> bool:
         """True when the text no longer hashes to the content hash it was written with."""
         return self.header_value(CONTENT_KEY) != content_hash(self.text)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lock(Stamped):
+    path: str  # relative to the repository root
+    text: str
+    pins: dict[str, Pin]
 
 
 def content_hash(text: str) -> str:

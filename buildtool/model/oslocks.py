@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from buildtool.model.locks import CONTENT_KEY, content_hash
+from buildtool.model.locks import Stamped
 
 OS_LOCK_DIR = "lockfiles/os"
 SECTIONS = ("root-builder", "root-runtime", "runtime", "builder")
@@ -33,19 +33,10 @@ def os_lock_path(family: str) -> str:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OsLock:
+class OsLock(Stamped):
     path: str
     text: str
     sections: dict[str, Pins]
-
-    def header_value(self, key: str) -> str | None:
-        for line in self.text.splitlines():
-            if line.startswith(f"# {key}: "):
-                return line.split(": ", 1)[1].strip()
-        return None
-
-    def edited(self) -> bool:
-        return self.header_value(CONTENT_KEY) != content_hash(self.text)
 
     def pins(self, *sections: str) -> dict[str, str]:
         """name -> version over ``sections`` (later ones win)."""

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from buildtool.adapters import host
 from buildtool.adapters.protocols import Registry
-from buildtool.adapters.registry import Manifest
+from buildtool.adapters.registry import Manifest, read_manifests
 from buildtool.core.errors import CommandError, EngineError, MissingToolError, ReleaseError, UsageError
 from buildtool.core.hashing import sha256, sha256_json
 from buildtool.core.refs import repo_path
@@ -89,9 +88,7 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
     """
     staged: list[tuple[str, Manifest, Manifest | None, Manifest | None]] = []
     clashes: list[str] = []
-    refs = [(repo_path(org, repo), ref) for repo, id_tag in images.items() for ref in (id_tag, tag, CURRENT)]
-    with ThreadPoolExecutor(max_workers=16) as pool:  # read concurrently; the client keeps what it read
-        list(pool.map(lambda ref: registry.manifest(*ref), refs))
+    read_manifests(registry, [(repo_path(org, repo), ref) for repo, id_tag in images.items() for ref in (id_tag, tag, CURRENT)])
     for repo, id_tag in images.items():
         name = repo_path(org, repo)
         new = registry.manifest(name, id_tag)

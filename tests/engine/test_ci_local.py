@@ -12,6 +12,7 @@ import pytest
 from buildtool.adapters.registry import Registry
 from tests import act_runner
 from tests.conftest import REPO
+from tests.engine.helpers import commit_all
 
 pytestmark = pytest.mark.engine
 
@@ -24,10 +25,7 @@ def checkout_copy(dest) -> None:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    git = ["git", "-C", str(dest), "-c", "user.name=ci", "-c", "user.email=ci@localhost"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-q", "-m", "a copy for act"], check=True)
+    commit_all(dest, "a copy for act")
 
 
 def test_a_failing_job_leaves_every_tag_where_it_was(tmp_path, real_subprocess) -> None:
@@ -35,7 +33,7 @@ def test_a_failing_job_leaves_every_tag_where_it_was(tmp_path, real_subprocess) 
     checkout_copy(repo)
     fam = repo / "families" / "family-web.toml"
     fam.write_text(fam.read_text() + '\n[[smoke]]\nname = "fails on purpose"\nrun = ["python", "-c", "raise SystemExit(7)"]\n')
-    subprocess.run(["git", "-C", str(repo), "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qam", "break family-web"], check=True)
+    commit_all(repo, "break family-web")
     org = f"ci-fail-{int(time.time())}"
     state = REPO / "build" / "test-state"
     result = act_runner.run(repo, org=org, groups="cpu", services="ServiceRegistry", state=state)
