@@ -46,6 +46,7 @@ from buildtool.model.load import load_fleet
 from buildtool.model.locks import family_lock_path, service_lock_path
 from buildtool.model.types import Fleet, Service
 from buildtool.plan.plan import MB, Plan, make_plan
+from buildtool.render import quote
 from buildtool.settings import Settings
 
 CHANGED_SERVICE = "ServiceRegistry"  # gets its own copy of the agent code, changed by the bench
@@ -275,15 +276,15 @@ def naive_dockerfile(fleet: Fleet, service: Service, machine: str) -> str:
     os_packages = sorted({p for f in fleet.lineage(service.family) for p in f.os_packages})
     profile = fleet.machines[machine].profile_dict()
     lines = ["ARG BUILDER_IMAGE", "FROM ${BUILDER_IMAGE}", "USER 0:0"]
-    if os_packages:
-        lines.append(f"RUN apt-get update && apt-get install -y {' '.join(os_packages)}")
+    if os_packages:  # fleet values, written as the toolkit's own Dockerfiles write them
+        lines.append(f"RUN apt-get update && apt-get install -y {quote.shell_words(os_packages)}")
     lines += [
         "COPY requirements.txt /tmp/requirements.txt",
         "RUN --network=host --mount=type=secret,id=pip_ca PIP_CERT=/run/secrets/pip_ca pip install --require-hashes --no-deps -r /tmp/requirements.txt",
         "COPY app/ /app/",
-        "ENV " + " ".join(f"{k}={json.dumps(v)}" for k, v in sorted(profile.items())),
+        f"ENV {quote.key_values(sorted(profile.items()))}",
         "USER 10001:10001",
-        f"CMD {json.dumps(list(service.entrypoint))}",
+        f"CMD {quote.exec_form(service.entrypoint)}",
     ]
     return "\n".join(lines) + "\n"
 

@@ -3,6 +3,7 @@ themselves are measured by `nox -s bench` (`-- --quick` in CI) against a real en
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -49,3 +50,11 @@ def test_the_naive_dockerfile_is_one_stage_with_everything_installed(fleet_dir: 
     fleet = load_fleet(fleet_dir)
     text = naive_dockerfile(fleet, fleet.services["ServiceRegistry"], "mainpc")
     assert text.count("FROM ") == 1 and "apt-get install -y" in text and "--require-hashes" in text
+
+
+def test_the_naive_dockerfile_writes_fleet_values_through_the_dockerfile_escapes(fleet_dir: Path) -> None:
+    fleet = load_fleet(fleet_dir)
+    machine = dataclasses.replace(fleet.machines["mainpc"], profile=(("MODEL_DIR", '/models/$USER "x"'),))
+    fleet = dataclasses.replace(fleet, machines={**fleet.machines, "mainpc": machine})
+    text = naive_dockerfile(fleet, fleet.services["ServiceRegistry"], "mainpc")
+    assert 'MODEL_DIR="/models/\\$USER \\"x\\""' in text  # no substitution, no early end of the value
