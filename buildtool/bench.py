@@ -38,7 +38,8 @@ from buildtool.adapters.engine import Docker
 from buildtool.adapters.files import atomic_write, copy_fleet, owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core.errors import BuildError
-from buildtool.execute.executor import Progress, rootfs
+from buildtool.execute.executor import Progress
+from buildtool.execute.roots import rootfs
 from buildtool.locking import lock as locking
 from buildtool.locking.resolver import pip_compile_can_lock, resolve
 from buildtool.locking.targets import targets

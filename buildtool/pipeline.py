@@ -10,16 +10,21 @@ written.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
 from buildtool.adapters import setup
-from buildtool.adapters.files import adopt, atomic_write, owned_dir
+from buildtool.adapters.files import adopt, atomic_write, held, owned_dir
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.adapters.registry import Registry as RegistryClient
 from buildtool.adapters.registry import is_loopback
+from buildtool.core import stopping
 from buildtool.core.errors import BuildError, LockError
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
 from buildtool.execute.gate import judge
@@ -34,6 +39,9 @@ from buildtool.plan.plan import Plan, make_plan
 from buildtool.publish.release import Move, Revision, labels, publish, release_tag, revision
 from buildtool.report import sizes, tables
 from buildtool.settings import Settings
+
+log = logging.getLogger("buildtool.pipeline")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +70,19 @@ def prepare_state(settings: Settings) -> None:
     owned_dir(settings.state_dir, repo=settings.root, what="state dir (FLEET_STATE_DIR)")
 
 
+def one_at_a_time(fn: Callable[..., T]) -> Callable[..., T]:
+    """Runs on one state dir take turns: a second waits (and says for whom) until the first ends."""
+
+    @functools.wraps(fn)
+    def wrapper(settings: Settings, *args: object, **kwargs: object) -> T:
+        prepare_state(settings)
+        say = lambda who: log.warning("waiting: %s is using the state dir %s (give this run its own FLEET_STATE_DIR not to wait)", who, settings.state_dir)  # noqa: E731
+        with held(settings.state_dir / "run.lock", waiting=say):
+            return fn(settings, *args, **kwargs)
+
+    return wrapper
+
+
 def bring_up(settings: Settings, *, engine: bool = True) -> RegistryClient:
     """Engine (unless not needed) and registry up, installed and started here when missing; the
     run's registry client."""
@@ -81,6 +102,10 @@ class EngineOnDemand:
         self._engine: Engine | None = None
         self._lock = threading.Lock()
 
+    def remove_containers(self, image: str = "") -> int:
+        """Containers of a stopped run: none when the engine was never needed."""
+        return self._engine.remove_containers(image) if self._engine is not None else 0
+
     def __getattr__(self, name: str) -> object:
         with self._lock:
             if self._engine is None:
@@ -91,7 +116,24 @@ class EngineOnDemand:
         return getattr(self._engine, name)
 
 
-def build(
+def build(settings: Settings, fleet: Fleet, plan: Plan, **kwargs: object) -> Run:
+    """Build, verify, scan and push the plan's images by identity; then (``publish_tags``) move the
+    release tags when every one succeeded, and measure them.
+
+    Raises LockError before anything starts (the state dir untouched) when a lock of the plan is
+    not what its inputs make, SecurityError when the gate cannot run as configured, BuildError
+    (no tag moved) when an image failed, failed the gate, or was blocked, and Interrupted (no tag
+    moved) when a stop signal came. See :func:`_build` for the keyword arguments.
+    """
+    problems = verify(fleet, lock_names(fleet, plan))
+    problems += oslock.verify(fleet, {f.name for s in plan.steps for f in fleet.lineage(s.lineage[-1])})
+    if problems:
+        raise LockError("locks of the selected images do not match their inputs; nothing was built:\n" + "\n".join(f"  - {p}" for p in problems))
+    return _build(settings, fleet, plan, **kwargs)
+
+
+@one_at_a_time
+def _build(
     settings: Settings,
     fleet: Fleet,
     plan: Plan,
@@ -105,18 +147,8 @@ def build(
     publish_tags: bool = True,
     commit: Revision | None = None,
 ) -> Run:
-    """Build, verify, scan and push the plan's images by identity; then (``publish_tags``) move the
-    release tags when every one succeeded, and measure them.
-
-    Raises LockError before anything starts when a lock of the plan is not what its inputs
-    make, SecurityError when the gate cannot run as configured, and BuildError (no tag moved)
-    when an image failed, failed the gate, or was blocked.
-    """
-    problems = verify(fleet, lock_names(fleet, plan))
-    problems += oslock.verify(fleet, {f.name for s in plan.steps for f in fleet.lineage(s.lineage[-1])})
-    if problems:
-        raise LockError("locks of the selected images do not match their inputs; nothing was built:\n" + "\n".join(f"  - {p}" for p in problems))
-    prepare_state(settings)
+    """:func:`build` once its locks are checked, with the state dir held: adapters default to the
+    settings' (the engine only when a step needs it), ``tag`` to the commit's release tag."""
     if registry is None:
         registry = bring_up(settings, engine=False)
     if engine is None:
@@ -154,12 +186,14 @@ def build(
         raise BuildError(f"{len(failed)} of {len(results)} images did not build or pass their checks; no tag was moved:\n{details}")
     if not publish_tags:
         return Run(tag=tag, seconds=seconds, results=results, notes=notes)
-    moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
+    with stopping.deferred():  # a stop signal waits: every tag of the release moves, or none
+        moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
     return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes)
 
 
+@one_at_a_time
 def release(
     settings: Settings,
     fleet: Fleet,
@@ -189,7 +223,8 @@ def release(
     failed = [r for r in results if r.verdict is not None and r.verdict.failed]
     moves: list[Move] = []
     if not (report_only or missing or failed):
-        moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
+        with stopping.deferred():
+            moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
     run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured)
@@ -222,6 +257,7 @@ def summarise(settings: Settings, fleet: Fleet, registry: Registry, step) -> Res
                   sbom=registry_sbom(registry, repo, digest), message=message)  # fmt: skip
 
 
+@one_at_a_time
 def prune(settings: Settings, fleet: Fleet, *, registry: Registry | None = None, dry_run: bool = False, local: bool = True) -> list[str]:
     """Apply retention (blueprint R3) to the registry org and, with ``local``, to this host: build
     cache beyond its size, local images of other orgs, build contexts and scan work folders.

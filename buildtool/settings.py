@@ -18,6 +18,7 @@ FORCE_IMAGE_TAG            the release ``rollback`` points ``latest`` at
 FLEET_VULN_POLICY          auto (default), enforce or warn (flag ``--vuln-policy``)
 FLEET_TRIVY_DB             a prepared Trivy database folder (trivy.db + metadata.json)
 FLEET_TRIVY_DB_REPOSITORY  where to download Trivy's database from (refreshed daily)
+FLEET_STEP_TIME_LIMIT      seconds every build, check or push step may take (default: time_limit_minutes)
 =========================  ==========================================================
 """
 
@@ -60,6 +61,7 @@ class Settings:
     source_date_epoch: int
     jobs: int
     health_timeout: float
+    step_time_limit: float = 0.0  # seconds every step may take (FLEET_STEP_TIME_LIMIT); 0: its family's time_limit_minutes
     vuln_policy: str  # auto: enforce where a database is configured, else secrets only | enforce | warn
     trivy_db: Path | None  # a prepared database folder
     trivy_db_repository: str  # a database repository to download from ("" = none)
@@ -106,6 +108,9 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
     force = pick("force_image_tag", "FORCE_IMAGE_TAG", "", IMAGE_TAG_RE, "an image tag")
     policy = pick("vuln_policy", "FLEET_VULN_POLICY", "auto", re.compile("auto|enforce|warn"), "a policy: auto, enforce or warn")
     db_repo = pick("trivy_db_repository", "FLEET_TRIVY_DB_REPOSITORY", "", IMAGE_RE, "an image reference like ghcr.io/aquasecurity/trivy-db:2")
+    limit = env.get("FLEET_STEP_TIME_LIMIT", "")
+    if limit and not re.fullmatch(r"[1-9][0-9]{0,5}", limit):
+        problems.append(Problem(file="environment", key="FLEET_STEP_TIME_LIMIT", message=f"{limit!r} is not a number of seconds (1-999999); fix or unset it"))
     for var in ("FLEET_REGISTRY_TOKEN", "FLEET_REGISTRY_USER", PIP_INDEX_VAR):
         if CONTROL.search(env.get(var, "")):
             problems.append(Problem(file="environment", key=var, message=f"holds a line break or control character (value not shown); fix or unset {var}"))
@@ -125,6 +130,7 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
         source_date_epoch=fleet.settings.source_date_epoch,
         jobs=int(flags.get("jobs") or d["jobs"]),  # type: ignore[call-overload]
         health_timeout=float(d["health_timeout"]),  # type: ignore[arg-type]
+        step_time_limit=float(limit) if limit and not problems else 0.0,
         vuln_policy=policy,
         trivy_db=Path(env["FLEET_TRIVY_DB"]) if env.get("FLEET_TRIVY_DB") else None,
         trivy_db_repository=db_repo,

@@ -151,6 +151,9 @@ class FakeEngine:
     def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None:
         self.healthy.append(ref)
 
+    def remove_containers(self, image: str = "") -> int:
+        return 0
+
 
 class QuietProgress:
     def __init__(self) -> None:

@@ -58,3 +58,21 @@ def test_root_commands_go_through_sudo_for_a_runner_user(monkeypatch: pytest.Mon
     assert host.as_root(["mmdebstrap", "jammy"], {"SOURCE_DATE_EPOCH": "1"}) == ["sudo", "-n", "env", "SOURCE_DATE_EPOCH=1", "mmdebstrap", "jammy"]
     monkeypatch.setattr(host.os, "geteuid", lambda: 0)
     assert host.as_root(["apt-get", "update"]) == ["apt-get", "update"]
+
+
+def test_a_failed_engine_call_names_the_engine_or_the_registry_when_they_are_gone() -> None:
+    from python_on_whales.exceptions import DockerException
+
+    from buildtool.adapters.engine import _failed
+    from buildtool.core.errors import BuildError
+
+    def exc(stderr: str) -> DockerException:
+        return DockerException(["docker", "buildx", "build"], 1, stdout=b"", stderr=stderr.encode())
+
+    gone = _failed("build of r/x:id-1", exc("ERROR: Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"))
+    assert isinstance(gone, EngineError) and gone.message.startswith("the Docker engine stopped answering during build of r/x:id-1")
+    assert "The next run starts it again" in gone.message
+    registry = _failed("push of r/x:id-1", exc("Put http://127.0.0.1:5000/v2/: dial tcp 127.0.0.1:5000: connect: connection refused"))
+    assert isinstance(registry, EngineError) and registry.message.startswith("the registry stopped answering during push of r/x:id-1")
+    own = _failed("build of r/x:id-1", exc("RUN false: exit code 1"), " (log: /l)")
+    assert type(own) is BuildError and own.message == "build of r/x:id-1 failed (log: /l):\nRUN false: exit code 1"

@@ -8,21 +8,28 @@ builds nothing never loads it. Tests replace this class with a fake of
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buildtool.adapters.files import disk_full
 from buildtool.adapters.protocols import Built
-from buildtool.core.errors import BuildError, VerifyError
+from buildtool.core.errors import BuildError, EngineError, VerifyError
 
 if TYPE_CHECKING:
     from python_on_whales import DockerClient
     from python_on_whales.exceptions import DockerException
 
 # Every container the toolkit starts is sealed off: no network, read-only root, no privileges.
+# Every container a run starts carries the run (this process) and the image it checks, so a
+# stopped run or a step past its time limit removes exactly its own.
+RUN_LABEL = "fleet.run"
+IMAGE_LABEL = "fleet.image"
+
 HARDENED = {
     "networks": ["none"],
     "read_only": True,
@@ -62,10 +69,36 @@ def oci_archive_manifest(archive: Path) -> Built:
     return Built(digest=descriptor["digest"], layers=tuple(int(layer["size"]) for layer in manifest["layers"]))
 
 
+def _labels(ref: str) -> dict[str, str]:
+    return {RUN_LABEL: str(os.getpid()), IMAGE_LABEL: ref}
+
+
 def _docker_exception() -> type[DockerException]:
     from python_on_whales.exceptions import DockerException
 
     return DockerException
+
+
+# How the docker client says the engine is gone, and a registry that stopped answering a push.
+ENGINE_GONE = ("Cannot connect to the Docker daemon", "docker.sock: connect:", "Is the docker daemon running?")
+REGISTRY_GONE = ("connect: connection refused", "dial tcp")
+DOCKER_ROOT = Path("/var/lib/docker")  # the engine's images and build cache
+
+
+def _failed(what: str, exc: DockerException, detail: str = "", *, answers: Callable[[], bool] = lambda: True) -> Exception:
+    """A failed engine call in the terms the user acts on: the engine (its client says so, or it no
+    longer ``answers``) or the registry stopped answering (EngineError: the next run brings them
+    back), or the step itself failed (BuildError)."""
+    text = _tail(exc)
+    if any(m in text for m in ENGINE_GONE) or not answers():
+        return EngineError(f"the Docker engine stopped answering during {what}; nothing was published. The next run starts it again "
+                           "(or start dockerd yourself), and resumes from what was pushed")  # fmt: skip
+    if "no space left on device" in text:
+        return EngineError(f"{what} failed: {disk_full(DOCKER_ROOT)}:\n{text}")
+    if what.startswith("push") and any(m in text for m in REGISTRY_GONE):
+        return EngineError(f"the registry stopped answering during {what}; nothing was published. The next run starts a local registry "
+                           f"again (or start yours, FLEET_REGISTRY), and resumes from what was pushed:\n{text}")  # fmt: skip
+    return BuildError(f"{what} failed{detail}:\n{text or 'no output'}")
 
 
 def _tail(exc: DockerException, lines: int = 30) -> str:
@@ -130,16 +163,26 @@ class Docker:
             built = oci_archive_manifest(archive)
             self.client.image.load(archive, quiet=True)
         except _docker_exception() as exc:
-            raise BuildError(f"build of {tag} failed (log: {log}):\n{_tail(exc) or log.read_text()[-3000:]}") from exc
+            if not _tail(exc):
+                raise BuildError(f"build of {tag} failed (log: {log}):\n{log.read_text()[-3000:]}") from exc
+            raise _failed(f"build of {tag}", exc, f" (log: {log})", answers=self.answers) from exc
         finally:
             archive.unlink(missing_ok=True)
         return built
+
+    def answers(self) -> bool:
+        """Whether the engine still answers (asked after a failure: a stopped engine fails every call)."""
+        try:
+            self.client.version()
+        except _docker_exception():
+            return False
+        return True
 
     def push(self, ref: str) -> None:
         try:
             self.client.image.push(ref, quiet=True)
         except _docker_exception() as exc:
-            raise BuildError(f"push of {ref} failed:\n{_tail(exc)}") from exc
+            raise _failed(f"push of {ref}", exc, answers=self.answers) from exc
 
     def pull(self, ref: str) -> None:
         self.client.image.pull(ref, quiet=True)
@@ -149,7 +192,7 @@ class Docker:
         try:
             self.client.image.save(ref, output=out)
         except _docker_exception() as exc:
-            raise BuildError(f"saving {ref} for the scan failed:\n{_tail(exc)}") from exc
+            raise _failed(f"saving {ref} for the scan", exc, answers=self.answers) from exc
         return out
 
     def prune_build_cache(self, keep: str) -> str:
@@ -185,7 +228,7 @@ class Docker:
             # create + start rather than run: run passes the engine's refusal through to the terminal.
             container = None
             try:
-                container = self.client.container.create(ref, ["true"], gpus="all", **HARDENED)
+                container = self.client.container.create(ref, ["true"], gpus="all", labels=_labels(ref), **HARDENED)
                 self.client.container.start(container)
                 self._gpus = True
             except _docker_exception():
@@ -205,7 +248,8 @@ class Docker:
             return []
         payload = json.dumps([[name, list(argv)] for name, argv in checks])
         try:
-            out = self.client.run(ref, ["python", "-c", CHECK_DRIVER, payload], remove=True, gpus="all" if gpus else None, **HARDENED)
+            out = self.client.run(ref, ["python", "-c", CHECK_DRIVER, payload], remove=True, gpus="all" if gpus else None, labels=_labels(ref),
+                                  **HARDENED)  # fmt: skip
         except _docker_exception() as exc:
             lines = (exc.stdout or "").strip().splitlines()
             try:
@@ -214,9 +258,20 @@ class Docker:
                 return [("smoke-check driver", _tail(exc))]
         return [] if str(out).strip().endswith("[]") else [("smoke-check driver", str(out)[-2000:])]
 
+    def remove_containers(self, image: str = "") -> int:
+        """Remove the containers this run started (of ``image`` only, when given); how many."""
+        filters = [("label", f"{RUN_LABEL}={os.getpid()}")] + ([("label", f"{IMAGE_LABEL}={image}")] if image else [])
+        try:
+            found = self.client.container.list(all=True, filters=filters)
+            if found:
+                self.client.container.remove(found, force=True)
+        except _docker_exception():
+            return 0
+        return len(found)
+
     def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None:
         """Start the image as a hardened container and wait for its own HEALTHCHECK to say healthy."""
-        container = self.client.run(ref, detach=True, name=name, **HARDENED)
+        container = self.client.run(ref, detach=True, name=name, labels=_labels(ref), **HARDENED)
         try:
             deadline = time.monotonic() + timeout
             status = "starting"

@@ -10,11 +10,14 @@ half a file, and a symlink planted at the destination is replaced, never followe
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import shutil
 import stat
+import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from buildtool.core.errors import ConfigError, OutputError, Problem
@@ -106,10 +109,20 @@ def atomic_write(path: Path, data: bytes | str) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"{path} was not written (it keeps its old content): {disk_full(path.parent, len(data))}") from None
         raise
+
+
+def disk_full(folder: Path, needed: int = 0) -> str:
+    """What to tell the user when the disk of ``folder`` is full."""
+    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    need = f", {needed / 2**20:.1f} MB needed" if needed else ""
+    return (f"the disk holding {folder} is full ({free / 2**20:.1f} MB free{need}); free space (`nox -s prune` removes build cache, "
+            "other orgs' local images and old registry tags) and run again")  # fmt: skip
 
 
 def inside_repo(repo: Path, rel: str) -> Path:
@@ -155,3 +168,22 @@ def copy_fleet(src: Path, dest: Path) -> None:
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+
+
+@contextlib.contextmanager
+def held(path: Path, *, waiting: Callable[[str], None]) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (a file of the state dir) for the block. While another
+    process holds it, ``waiting`` is told who (pid and command line) and this one waits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waiting(os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}: {' '.join(sys.argv)}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock

@@ -8,10 +8,13 @@ with :func:`start_detached`. Unit tests replace :func:`run` and assert argv.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -94,3 +97,63 @@ def as_root(argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[s
     if os.geteuid() == 0:
         return list(argv)
     return ["sudo", "-n", "env", *(f"{k}={v}" for k, v in (env or {}).items()), *argv]
+
+
+# -- ending what this process started --------------------------------------------------------------
+
+
+def _children() -> dict[int, list[int]]:
+    """Parent pid -> child pids, from /proc."""
+    kids: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # the name may hold spaces
+        except OSError:
+            continue
+        kids.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    return kids
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def descendants(markers: Sequence[str] = ()) -> list[int]:
+    """This process's descendants, daemons it started (the engine, the registry) and theirs left
+    out; with ``markers``, only those whose command line holds one of them, and theirs."""
+    kids = _children()
+    daemons = {d.pid for d in _daemons}
+    found: list[int] = []
+    todo = [(c, not markers) for c in kids.get(os.getpid(), []) if c not in daemons]
+    while todo:
+        pid, inside = todo.pop()
+        inside = inside or any(m in _cmdline(pid) for m in markers)
+        if inside:
+            found.append(pid)
+        todo += [(c, inside) for c in kids.get(pid, [])]
+    return found
+
+
+def end(pids: Sequence[int], grace: float = 3.0) -> None:
+    """SIGTERM ``pids``, then SIGKILL those still there after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        alive = [p for p in pids if Path(f"/proc/{p}").exists()]
+        for pid in alive:
+            with contextlib.suppress(OSError):  # gone meanwhile
+                os.kill(pid, sig)
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [p for p in alive if Path(f"/proc/{p}").exists() and not _zombie(p)]
+        if not alive:
+            return
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except OSError:
+        return False

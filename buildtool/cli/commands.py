@@ -239,7 +239,7 @@ def bake(args: argparse.Namespace) -> int:
     """Write the plan as docker-bake.json (with materialised contexts) for `docker buildx bake`."""
     from buildtool import bake as baking
     from buildtool.adapters.bootstrap import bootstrap_rootfs
-    from buildtool.execute.executor import rootfs
+    from buildtool.execute.roots import rootfs
 
     fleet = fleet_of(args)
     the_plan = plan_of(fleet, args, default_group="cpu")

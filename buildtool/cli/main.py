@@ -9,12 +9,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import NoReturn
 
+from buildtool.adapters import host
 from buildtool.cli import commands
 from buildtool.cli.console import error
-from buildtool.core.errors import ConfigError, ToolError, UsageError
+from buildtool.core import stopping
+from buildtool.core.errors import ConfigError, Interrupted, ToolError, UsageError
 from buildtool.locking.resolver import ENGINES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,10 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # A second signal ends the process at once, and what it started with it.
+    stopping.install(on_second=lambda: host.end(host.descendants(), grace=0))
     try:
         args = parser.parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(name)s: %(message)s")
         return args.func(args)
+    except Interrupted as exc:
+        error(exc.message)
+        if argv is None:  # the command line: end now, whatever threads still wait on the network
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.exit_code)
+        return exc.exit_code
     except ToolError as exc:
         if debug:
             raise
@@ -140,3 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         error(f"internal error: {type(exc).__name__}: {exc}\nThis is a bug in buildtool; rerun with --debug for the traceback.")
         return 70
+    finally:
+        stopping.reset()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)

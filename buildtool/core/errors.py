@@ -125,3 +125,26 @@ class VerifyError(BuildError):
     """A built image failed its smoke checks or health check."""
 
     exit_code = 9
+
+
+class Interrupted(ToolError):
+    """The run was told to stop (SIGINT, SIGTERM). Running steps were cancelled; images already
+    pushed by identity stay (the next run resumes from them); no release tag moved."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message or f"interrupted by signal {signum}")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        return 128 + self.signum
+
+
+class Busy(ToolError):
+    """Another run holds the state dir."""
+
+    exit_code = 14
+
+
+class TimeLimit(BuildError):
+    """A step ran past its time limit and was ended."""

@@ -8,28 +8,34 @@ pushed only after its image passed verification). Release tags are the publisher
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from buildtool.adapters import host
 from buildtool.adapters.bootstrap import relock_hint, unserved
 from buildtool.adapters.files import owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.adapters.registry import read_manifests
-from buildtool.core.errors import BuildError, CommandError, LockError, ToolError, VerifyError
-from buildtool.core.hashing import sha256_json
+from buildtool.core import stopping
+from buildtool.core.errors import BuildError, Interrupted, LockError, ToolError, VerifyError
 from buildtool.execute.gate import Verdict
+from buildtool.execute.roots import Bootstrapper, rootfs
 from buildtool.execute.security import Security, registry_sbom
 from buildtool.execute.structure import structure_checks
 from buildtool.plan.plan import Plan, Step
 from buildtool.settings import Settings
 
 APP_USER = "10001:10001"
+CANCEL_GRACE = 5.0  # seconds the workers get to end once their processes are gone
 LOOKUPS = 16  # registry requests in flight at once when looking images up
 log = logging.getLogger("buildtool.execute")
 
@@ -63,7 +69,6 @@ class Result:
     warnings: tuple[str, ...] = ()  # what the run reports without failing (an image over a "warn" budget)
 
 
-Bootstrapper = Callable[..., Path]
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,7 @@ class Executor:
         self.progress = progress
         self.bootstrap = bootstrap
         self.results: dict[str, Result] = {}
+        self._expired: set[str] = set()  # steps ended by their time limit
 
     # -- scheduling -------------------------------------------------------------------------
 
@@ -121,10 +127,11 @@ class Executor:
         return digest, builder.digest if builder else None
 
     def run(self) -> list[Result]:
-        self.lookup()
         pending = list(self.plan.steps)
         running: dict[Future[Result], Step] = {}
-        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, self.settings.jobs))
+        try:
+            self.lookup()
             while pending or running:
                 for step in list(pending):
                     parent = self.results.get(step.parent) if step.parent else None
@@ -134,8 +141,8 @@ class Executor:
                     if parent is not None and parent.status in ("failed", "blocked"):
                         self._finish(Result(key=step.key, repository=step.repository, status="blocked", message=f"{parent.repository} failed"))
                         continue
-                    if self._known(step):  # in the registry already: nothing to wait for
-                        self._finish(self._guarded(step, parent))
+                    if self._known(step):  # in the registry already: a lookup, no worker and no time limit
+                        self._finish(self._attempt(step, parent, time.monotonic()))
                         continue
                     running[pool.submit(self._guarded, step, parent)] = step
                 if not running:
@@ -146,7 +153,23 @@ class Executor:
                 for future in done:
                     running.pop(future)
                     self._finish(future.result())
+        except Interrupted as exc:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise self._cancel(exc, list(running), [*running.values(), *pending]) from None
+        pool.shutdown()
         return [self.results[s.key] for s in self.plan.steps]
+
+    def _cancel(self, exc: Interrupted, running: list[Future[Result]], cancelled: list[Step]) -> Interrupted:
+        """End what this run started (its build, push and check processes, its containers) and
+        say what finished: identity tags already pushed stay, and the next run resumes from them."""
+        host.end(host.descendants())
+        self.engine.remove_containers()
+        wait(running, timeout=CANCEL_GRACE)  # the workers end as their processes do
+        finished = [r.repository for r in self.results.values() if r.status in ("built", "cached")]
+        names = ", ".join(s.repository for s in cancelled) or "none"
+        how = signal.Signals(exc.signum).name
+        return Interrupted(exc.signum, f"stopped by {how}: cancelled {len(cancelled)} image(s) ({names}); {len(finished)} finished and "
+                                       "pushed by identity, which the next run reuses; no release tag was moved")  # fmt: skip
 
     def _known(self, step: Step) -> bool:
         """The image (and a root's builder) is in the registry and its gate verdict is at hand:
@@ -160,8 +183,38 @@ class Executor:
         self.results[result.key] = result
         self.progress.update(result.key, result.status, result.message.splitlines()[0] if result.message else "")
 
+    def _limit(self, step: Step) -> float:
+        """Seconds a step may take: FLEET_STEP_TIME_LIMIT, else its family's time_limit_minutes."""
+        return self.settings.step_time_limit or step.time_limit_minutes * 60.0
+
+    def _expire(self, step: Step) -> None:
+        """A step past its limit: end its processes (build, push, checks) and its containers."""
+        self._expired.add(step.key)
+        refs = [str(self.settings.ref(step.repository, step.id_tag))]
+        if step.root is not None:
+            refs.append(str(self.settings.ref(step.builder_repository, step.id_tag)))
+        logs = [f"/logs/{step.repository}.log"] + ([f"/logs/{step.builder_repository}.log"] if step.root is not None else [])
+        host.end(host.descendants([*refs, *logs]))
+        for ref in refs:
+            self.engine.remove_containers(ref)
+
     def _guarded(self, step: Step, parent: Result | None) -> Result:
         start = time.monotonic()
+        limit = self._limit(step)
+        timer = threading.Timer(limit, self._expire, (step,))
+        timer.daemon = True
+        timer.start()
+        try:
+            result = self._attempt(step, parent, start)
+        finally:
+            timer.cancel()
+        if step.key in self._expired and result.status == "failed":
+            family = step.lineage[-1]
+            return dataclasses.replace(result, message=f"{step.repository}: stopped after its time limit of {limit:.0f}s; if it needs longer, raise "
+                                                       f"time_limit_minutes in families/{family}.toml (FLEET_STEP_TIME_LIMIT overrides it)")  # fmt: skip
+        return result
+
+    def _attempt(self, step: Step, parent: Result | None, start: float) -> Result:
         try:
             outcome = self._step(step, parent)
             return Result(key=step.key, repository=step.repository, status=outcome.status, digest=outcome.digest,
@@ -218,6 +271,8 @@ class Executor:
         self.progress.update(step.key, "verifying")
         self.verify(step, ref)
         scanned = self._gate_built(step, ref) if self.security else None
+        if stopping.stopping():
+            raise BuildError(f"{step.repository}: cancelled before its push (the run was stopped)")
         self.progress.update(step.key, "pushing")
         if builder_ref:
             self.engine.push(builder_ref)
@@ -328,41 +383,3 @@ class Executor:
             raise VerifyError(f"{step.repository}: {len(failures)} of {len(step.smoke)} smoke checks failed:\n{details}")
         if step.kind == "service":
             self.engine.wait_healthy(ref, name=f"fleet-verify-{step.repository}-{os.getpid()}", timeout=self.settings.health_timeout)
-
-
-ROOTFS = {"runtime": "rootfs.tar", "builder": "builder-rootfs.tar"}  # variant -> name in the root family's context
-
-
-def rootfs(step: Step, settings: Settings, bootstrap: Bootstrapper) -> dict[str, Path]:
-    """The two bootstrapped roots of a root family (name in the context -> tarball), cached under
-    the state dir by their locks."""
-    assert step.root is not None
-    out = {}
-    for variant, name in ROOTFS.items():
-        pins = dict(step.root_pins.get(f"root-{variant}", ()))
-        spec = sha256_json([step.root.suite, variant, list(step.root.packages), list(step.root.builder_packages), sorted(pins.items()),
-                            settings.source_date_epoch])[:16]  # fmt: skip
-        tar = settings.state_dir / "rootfs" / f"{step.root.suite}-{variant}-{spec}.tar"
-        tar.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            out[name] = bootstrap(suite=step.root.suite, variant=variant, packages=list(step.root.packages),
-                                  builder_packages=list(step.root.builder_packages), pins=pins, out=tar,
-                                  source_date_epoch=settings.source_date_epoch)  # fmt: skip
-        except CommandError as exc:
-            apt = [line for line in exc.stderr.splitlines() if line.startswith("E:")][-3:] or exc.stderr.strip().splitlines()[-3:]
-            raise BuildError(
-                f"families/{step.name}.toml: root: bootstrapping the {variant} root of {step.root.suite} failed; "
-                f"check that root.suite is reachable and each of root.packages exists in it:\n" + "\n".join(apt)
-            ) from exc
-    return out
-
-
-def summarize(results: list[Result]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
-    return counts
-
-
-def results_json(results: list[Result]) -> list[dict[str, object]]:
-    return [asdict(r) for r in results]

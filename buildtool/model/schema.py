@@ -161,6 +161,7 @@ FAMILY_SCHEMA: dict[str, Checker] = {
     "env": _env,
     "smoke": _any,
     "budget_mb": _int(1, 100_000),
+    "time_limit_minutes": _int(1, 24 * 60),
     "vram_gb": _int(0, 1024),
     "group": pattern(NAME_RE, "a group name of lowercase letters, digits and '-'"),
     "builder": _any,

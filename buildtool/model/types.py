@@ -78,6 +78,7 @@ class Family:
     builder: Builder | None = None
     vuln_policy: str = "enforce"  # "warn": the gate reports this family's findings (and its children's) but fails nothing
     budget_policy: str = "enforce"  # "warn": an image over budget_mb is reported, not failed
+    time_limit_minutes: int = 60  # a build, check or push step of its images is ended after this
     runtime_tools: tuple[str, ...] = ()  # tools the structure checks would refuse that this family's images need (its own and inherited)
 
     @property

@@ -47,6 +47,7 @@ class Step:
     builder: str | None = None  # key of the root step whose builder root this step's builder stages start from (root steps: their own)
     budget_policy: str = "enforce"  # "warn": over budget_mb is reported, not failed
     runtime_tools: tuple[str, ...] = ()  # tools the structure checks let this image carry
+    time_limit_minutes: int = 60  # its family's: how long its build, checks or push may take
     root_pins: Mapping[str, Pins] = field(default_factory=dict, repr=False, compare=False)  # bootstrapped roots: their OS lock sections
     rendered: Rendered = field(repr=False, compare=False)
 
@@ -155,6 +156,7 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
         builder=key if root else (parent.builder if parent else None),
         budget_policy=family.budget_policy,
         runtime_tools=family.runtime_tools,
+        time_limit_minutes=family.time_limit_minutes,
         root_pins=root_pins,
         rendered=rendered,
     )
@@ -191,6 +193,7 @@ def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Ste
         builder=family_step.builder,
         budget_policy=family_step.budget_policy,
         runtime_tools=family_step.runtime_tools,
+        time_limit_minutes=family_step.time_limit_minutes,
         rendered=rendered,
     )
 
