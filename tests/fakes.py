@@ -100,6 +100,7 @@ class FakeEngine:
         self.gpus = False
         self.builds: list[tuple[str, dict[str, str], list[str]]] = []
         self.targets: list[tuple[str, str | None]] = []  # (tag, build target)
+        self.rewritten: dict[str, bool] = {}  # tag -> whether its export rewrote file times
         self.sizes: dict[str, int] = {}  # repository -> compressed bytes of what builds (default 1000)
         self.checks: list[tuple[str, tuple[str, ...]]] = []
         self.gpu_runs: list[str] = []
@@ -116,10 +117,12 @@ class FakeEngine:
         labels: Mapping[str, str],
         log: Path,
         target: str | None = None,
+        rewrite_timestamps: bool = True,
     ) -> Built:
         assert (context / "Dockerfile").is_file()
         self.builds.append((tag, dict(build_args), list(secrets)))
         self.targets.append((tag, target))
+        self.rewritten[tag] = rewrite_timestamps
         if any(f"/{name}:" in tag for name in self.fail):
             raise BuildError(f"build of {tag} failed")
         repo = tag.split("/", 1)[1].rsplit(":", 1)[0]

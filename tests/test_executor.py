@@ -56,6 +56,15 @@ def test_builds_parents_first_and_passes_parent_digests(fleet_dir: Path, tmp_pat
     assert docker.healthy == [tags[-1]]
 
 
+def test_only_clamped_bootstrap_roots_are_exported_without_a_timestamp_rewrite(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
+    skipped = sorted(tag.split("/")[2].split(":")[0] for tag, rewritten in docker.rewritten.items() if not rewritten)
+    assert skipped == ["base-python", "base-python-builder"]
+    assert len(docker.rewritten) == 6  # and every other image is rewritten
+
+
 def test_service_runs_the_smoke_checks_of_its_whole_lineage(fleet_dir: Path, tmp_path: Path) -> None:
     registry = FakeRegistry()
     docker = FakeDocker(registry)
@@ -138,11 +147,11 @@ def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Pa
     registry = FakeRegistry()
 
     class NoUpstream(FakeDocker):
-        def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log, target=None):
+        def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log, target=None, rewrite_timestamps=True):
             if "/legacy-py310-cpu" in tag:
                 raise BuildError("failed to resolve source metadata for docker.io/library/python:3.10-slim-bookworm")
             return super().build(context=context, tag=tag, build_args=build_args, secrets=secrets, cache_ref=cache_ref, labels=labels, log=log,
-                                 target=target)
+                                 target=target, rewrite_timestamps=rewrite_timestamps)
 
     _, results = run(fleet_dir, tmp_path, registry, NoUpstream(registry), families=["legacy-py310-cpu", "base-utils"])
     legacy = results["family:legacy-py310-cpu"]

@@ -86,6 +86,16 @@ def test_bootstrap_root_family_has_a_builder_root_and_a_runtime_root() -> None:
     assert text.rstrip().endswith("USER 10001:10001")
 
 
+def test_only_targets_made_of_bootstrap_tarballs_skip_the_timestamp_rewrite() -> None:
+    fleet = memory.fleet()
+    assert render_family(fleet, fleet.families["base"], None).clamped == ("builder-root", "runtime")
+    assert render_family(fleet, fleet.families["utils"], None).clamped == ()  # apt's files, written at build time
+    # A root family with its own requirements copies pip's files into its runtime.
+    base = dataclasses.replace(fleet.families["base"], requirements=("six==1.16.0",))
+    with_reqs = memory.with_locks(memory.fleet(families={**fleet.families, "base": base}, locks={}), {"base": memory._pins(("six", "1.16.0"))})
+    assert render_family(with_reqs, with_reqs.families["base"], None).clamped == ("builder-root",)
+
+
 def _apt_requests(text: str) -> list[str]:
     """The package arguments of every `apt-get install` of a Dockerfile."""
     out = []

@@ -10,6 +10,7 @@ import tarfile
 from pathlib import Path
 
 from buildtool import bake
+from buildtool.adapters.bootstrap import unclamped
 from buildtool.adapters.registry import Manifest, digest_of
 from buildtool.plan.plan import make_plan
 from buildtool.repro import config_difference, explain, first_difference
@@ -80,3 +81,15 @@ def test_bake_builds_each_root_s_builder_root_and_children_name_it(tmp_path: Pat
     web = targets["web"]
     assert web["args"]["BUILDER_IMAGE"] == "builder-base-builder" and web["contexts"]["builder-base-builder"] == "target:base-builder"
     assert targets["api-big"]["contexts"] == {"parent-web": "target:web", "builder-base-builder": "target:base-builder"}
+
+
+def test_a_root_tarball_with_a_file_newer_than_the_epoch_is_found(tmp_path: Path) -> None:
+    """Roots are exported without the timestamp rewrite, so the bootstrap checks the clamp itself."""
+    tarball = tmp_path / "rootfs.tar"
+    with tarfile.open(tarball, "w") as tar:
+        for name, mtime in (("etc/clamped", 100), ("etc/late", 101), ("usr/at-epoch", 100)):
+            info = tarfile.TarInfo(name)
+            info.mtime = mtime
+            tar.addfile(info, io.BytesIO(b""))
+    assert unclamped(tarball, 100) == ["etc/late"]
+    assert unclamped(tarball, 101) == []

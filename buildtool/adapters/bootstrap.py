@@ -25,6 +25,7 @@ import os
 import re
 import shlex
 import sys
+import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -34,7 +35,7 @@ from buildtool.adapters import host
 from buildtool.adapters.files import atomic_write
 from buildtool.adapters.setup import DEFAULT_MIRROR, ensure_host_packages, host_mirror
 from buildtool.core import dpkg
-from buildtool.core.errors import CommandError, LockError
+from buildtool.core.errors import BuildError, CommandError, LockError
 from buildtool.core.hashing import sha256, sha256_json
 from buildtool.model.types import UBUNTU_SUITES
 
@@ -189,11 +190,22 @@ def bootstrap_rootfs(
         raise _explain(exc, suite) from exc
     if os.geteuid() != 0:  # the tarball is root's; the build context hard-links it
         host.run(host.as_root(["chown", f"{os.getuid()}:{os.getgid()}", str(partial)]))
+    late = unclamped(partial, source_date_epoch)
+    if late:  # the roots are exported without a timestamp rewrite: their times must be clamped here
+        partial.unlink()
+        raise BuildError(f"the {variant} root of {suite} has files newer than SOURCE_DATE_EPOCH {source_date_epoch} "
+                         f"(mmdebstrap did not clamp them): {', '.join(late[:5])}")  # fmt: skip
     sidecar.unlink(missing_ok=True)
     partial.replace(out)
     atomic_write(sidecar, digest + "\n")
     log.info("root filesystem %s: %.0f MB in %.0fs", out, out.stat().st_size / 1e6, time.monotonic() - started)
     return out
+
+
+def unclamped(tarball: Path, epoch: int) -> list[str]:
+    """Members of ``tarball`` whose modification time is after ``epoch``."""
+    with tarfile.open(tarball) as tar:
+        return [member.name for member in tar if member.mtime > epoch]
 
 
 def dpkg_pins(pins: Mapping[str, str]) -> str:

@@ -127,14 +127,17 @@ class Docker:
         labels: Mapping[str, str],
         log: Path,
         target: str | None = None,
+        rewrite_timestamps: bool = True,
     ) -> Built:
         """Build ``target`` (default: the last stage) and load it into the engine's image store as ``tag``.
 
         The image is exported as an OCI archive with every file time clamped to the build's
         SOURCE_DATE_EPOCH (``rewrite-timestamp``: this BuildKit refuses it on the image
         exporter), then loaded; the containerd store keeps the manifest, so the digest loaded is
-        the digest pushed later. ``cache_ref`` None builds from scratch: no BuildKit cache, no
-        registry cache. Not pushed: images are pushed after verification.
+        the digest pushed later. ``rewrite_timestamps`` False skips that pass (it decompresses,
+        rewrites and recompresses every layer) for images whose files carry clamped times
+        already. ``cache_ref`` None builds from scratch: no BuildKit cache, no registry cache.
+        Not pushed: images are pushed after verification.
         """
         archive = log.with_name(log.name + ".oci.tar")
         cache = {} if cache_ref is None else {
@@ -151,7 +154,7 @@ class Docker:
                 network="host",
                 cache=cache_ref is not None,
                 labels=dict(labels),
-                output={"type": "oci", "dest": str(archive), "name": tag, "rewrite-timestamp": "true"},
+                output={"type": "oci", "dest": str(archive), "name": tag, **({"rewrite-timestamp": "true"} if rewrite_timestamps else {})},
                 provenance=False,
                 progress="plain",
                 stream_logs=True,

@@ -39,6 +39,7 @@ class Engine(Protocol):
         labels: Mapping[str, str],
         log: Path,
         target: str | None = None,
+        rewrite_timestamps: bool = True,
     ) -> Built: ...
 
     def push(self, ref: str) -> None: ...

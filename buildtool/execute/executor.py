@@ -259,12 +259,16 @@ class Executor:
         logs = s.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         build = dict(context=context, build_args=args, secrets=s.secrets(), cache_ref=str(s.cache_ref(step.repository)) if s.cache else None, labels=labels)
+        # Targets made of bootstrap tarballs only carry clamped file times already: rewriting them
+        # would decompress and recompress the same bytes.
+        clamped = step.rendered.clamped
         builder_ref = ""
         try:
             if step.root is not None:
                 builder_ref = str(s.ref(step.builder_repository, step.id_tag))
-                self.engine.build(tag=builder_ref, target="builder-root", log=logs / f"{step.builder_repository}.log", **build)
-            built = self.engine.build(tag=ref, log=logs / f"{step.repository}.log", **build)
+                self.engine.build(tag=builder_ref, target="builder-root", log=logs / f"{step.builder_repository}.log",
+                                  rewrite_timestamps="builder-root" not in clamped, **build)  # fmt: skip
+            built = self.engine.build(tag=ref, log=logs / f"{step.repository}.log", rewrite_timestamps="runtime" not in clamped, **build)
         except BuildError as exc:
             raise self._explain(step, exc) from exc
         warnings = self._budget(step, built.compressed)

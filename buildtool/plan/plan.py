@@ -24,7 +24,8 @@ from buildtool.render.dockerfile import Rendered, render_family, render_service
 # 2: locks count through the requirements files of the context only (a lock's comments rebuild nothing).
 # 3: every image passes the structure checks (no setuid/setgid files); bootstrapped roots drop setuid bits.
 # 4: lean runtime roots and builder roots from OS locks; images exported with rewritten timestamps.
-IDENTITY_VERSION = "4"
+# 5: bootstrapped roots exported as their clamped tarballs, without a timestamp-rewrite pass.
+IDENTITY_VERSION = "5"
 BUILDER_SUFFIX = "-builder"  # a root family's builder root is pushed as REPOSITORY-builder
 MB = 1_000_000  # sizes and budgets are in decimal megabytes of compressed layers, as a registry stores them
 

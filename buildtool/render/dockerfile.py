@@ -41,6 +41,9 @@ class Rendered:
     dockerfile: str
     files: tuple[tuple[str, bytes], ...]  # generated context files, by path in the context
     app_files: tuple[tuple[str, bytes], ...] = ()  # copied to app/ in the context (services only)
+    # Build targets whose layers are bootstrap tarballs only, file times clamped by mmdebstrap:
+    # their export needs no timestamp-rewrite pass ("runtime" is the default target).
+    clamped: tuple[str, ...] = ()
 
     def digest(self) -> str:
         """The content hash of the context (each file by path and sha256, in a fixed order)."""
@@ -228,7 +231,10 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
         files.append(("build-requirements.txt", install_set(tools, parent).encode()))
     if family.builder and family.builder.setup:
         files.append(("builder-setup.sh", fleet.scripts[family.builder.setup]))
-    return Rendered(dockerfile=text, files=tuple(files))
+    clamped: tuple[str, ...] = ()
+    if family.root and family.root.source == "bootstrap":  # the template's ADDs; anything else it adds is built now
+        clamped = ("builder-root",) if export or family.requirements or family.machine_specific else ("builder-root", "runtime")
+    return Rendered(dockerfile=text, files=tuple(files), clamped=clamped)
 
 
 def healthcheck(fleet: Fleet, service: Service) -> list[str]:
