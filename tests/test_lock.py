@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from buildtool.locking import lock as locking
 from buildtool.locking import resolver
 from buildtool.locking.targets import INDEX_URL, PLATFORM, targets
 from buildtool.model.load import load_fleet
-from buildtool.model.locks import CONTENT_KEY, INPUTS_KEY, content_hash, install_set, parse_lock
+from buildtool.model.locks import CONTENT_KEY, INPUTS_KEY, content_hash, install_set, parse_lock, stamp
 
 
 def read_lock(path: Path):
@@ -114,6 +115,34 @@ def test_parent_change_makes_children_stale(fleet_dir: Path) -> None:
     lock.write_text(lock.read_text().replace("numpy==1.26.4", "numpy==1.26.3"))
     problems = locking.verify(load_fleet(fleet_dir))
     assert any(p.startswith("lockfiles/family-web.txt: stale") for p in problems)
+
+
+@pytest.mark.parametrize("parent_moves", [False, True])
+def test_a_child_resolves_alongside_its_parent_and_again_only_when_the_parent_moved(fleet_dir: Path, parent_moves: bool) -> None:
+    fleet = load_fleet(fleet_dir)
+    calls: list[tuple[str, str | None]] = []
+    first_round = threading.Barrier(2, timeout=10)  # parent and child are resolved at once
+    added = "six==1.16.0 \\\n    --hash=sha256:" + "0" * 64
+
+    def resolve(t, parent, *, engine, preferences, upgrade_packages, ca_bundle):
+        calls.append((t.name, parent.text if parent else None))
+        if len(calls) <= 2:
+            first_round.wait()
+        if not parent_moves:
+            return fleet.locks[t.path].text
+        pins = {**(parent.pins if parent else {}), **fleet.locks[t.path].pins}
+        body = "".join(f"{p.block}\n" for _, p in sorted(pins.items())) + (f"{added}\n" if t.name == "base-cpu-pydeps" else "")
+        return stamp("# resolved in the test\n" + body, t.inputs_hash(parent), engine)
+
+    outcomes = locking.lock(fleet, ["base-cpu-pydeps", "family-web"], upgrade=True, resolve=resolve)
+    assert [(o.target.name, o.changed) for o in outcomes] == [("base-cpu-pydeps", parent_moves), ("family-web", parent_moves)]
+    new_parent = (fleet_dir / "lockfiles" / "base-cpu-pydeps.txt").read_text()
+    if parent_moves:  # the first result of the child was against the old lock: resolved again on the new one
+        assert [name for name, _ in calls] == ["base-cpu-pydeps", "family-web", "family-web"]
+        assert calls[-1][1] == new_parent and "six==1.16.0" in (fleet_dir / "lockfiles" / "family-web.txt").read_text()
+    else:
+        assert sorted(name for name, _ in calls) == ["base-cpu-pydeps", "family-web"]
+    assert not [p for p in locking.verify(load_fleet(fleet_dir), ["family-web"])]
 
 
 def fake_runner(output: str, inspect=lambda argv: None) -> tuple[list[tuple[list[str], dict]], object]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from buildtool.model.locks import ENGINE_KEY, Lock, parse_lock
 from buildtool.model.types import Fleet
 
 Resolve = Callable[..., str]  # resolver.resolve's signature
+RESOLVES = 8  # resolutions at once (each is one uv or pip-compile process, mostly waiting on the index)
 
 
 def verify(fleet: Fleet, names: Iterable[str] | None = None) -> list[str]:
@@ -39,13 +41,20 @@ def check(fleet: Fleet, *, resolve: Resolve = resolver.resolve, ca_bundle: Path 
     problems = verify(fleet)
     if problems:
         return problems
-    for t in targets(fleet):
+    chosen = targets(fleet)
+
+    def fresh(t: Target) -> str:
         lock = fleet.locks[t.path]
-        engine = lock.header_value(ENGINE_KEY) or "uv"
         parent = fleet.locks.get(t.constraints) if t.constraints else None
-        fresh = resolve(t, parent, engine=engine, preferences=lock.text, ca_bundle=ca_bundle)
-        if fresh != lock.text:
-            diff = [line for line in difflib.unified_diff(lock.text.splitlines(), fresh.splitlines(), lineterm="", n=0) if line[:1] in "+-"]
+        return resolve(t, parent, engine=lock.header_value(ENGINE_KEY) or "uv", preferences=lock.text, ca_bundle=ca_bundle)
+
+    with ThreadPoolExecutor(max_workers=RESOLVES) as pool:  # nothing is written: every target at once
+        resolved = list(pool.map(fresh, chosen))
+    for t, text in zip(chosen, resolved, strict=True):
+        lock = fleet.locks[t.path]
+        if text != lock.text:
+            engine = lock.header_value(ENGINE_KEY) or "uv"
+            diff = [line for line in difflib.unified_diff(lock.text.splitlines(), text.splitlines(), lineterm="", n=0) if line[:1] in "+-"]
             shown = "\n".join(f"      {line}" for line in diff[2:14])
             more = f"\n      ... {len(diff) - 14} more" if len(diff) > 14 else ""
             problems.append(f"{t.path}: differs from a fresh resolution of its inputs ({engine}):\n{shown}{more}\n    run `{COMPILE_COMMAND} -- {t.name}`")
@@ -75,28 +84,58 @@ def lock(
 
     A target is resolved again when its lock is missing, stale or edited, when it is named in
     ``names``, when ``upgrade`` is set, or when it pins one of ``upgrade_packages``. Existing pins
-    are preferences unless ``upgrade``; ``upgrade_packages`` are released from theirs. Targets
-    run parents-first, so a child is checked against its parent's new lock.
+    are preferences unless ``upgrade``; ``upgrade_packages`` are released from theirs.
+
+    Targets resolve concurrently, a child against its parent's lock as it stands: a child's
+    result is kept when its parent's lock ends up as that text (the common case, its parent's
+    pins did not move), and resolved again, in a later round, against the new lock when it
+    does not. So a child always builds on its parent's final lock, as if they ran parents-first.
     """
     named = set(names or ())
     wanted = {canonical(p) for p in upgrade_packages}
     locks: dict[str, Lock] = dict(fleet.locks)
     faults = dict(fleet.lock_faults)
-    outcomes = []
-    for t in targets(fleet, named or None):
+    order = targets(fleet, named or None)
+    parent_of = {t.path: next((p for p in order if p.path == t.constraints), None) for t in order}
+    settled: dict[str, Outcome] = {}
+    spent: dict[str, float] = {}
+
+    def needed(t: Target) -> bool:
         current = locks.get(t.path)
-        pins = set(current.pins) if current else set()
-        if not (upgrade or t.name in named or wanted & pins or problem(t, locks, faults)):
-            outcomes.append(Outcome(target=t, changed=False, resolved=False, seconds=0.0, pins=len(pins)))
-            continue
+        return bool(upgrade or t.name in named or wanted & set(current.pins if current else ()) or problem(t, locks, faults))
+
+    def attempt(t: Target) -> tuple[str, str | None, float]:
         start = time.monotonic()
-        parent = locks.get(t.constraints) if t.constraints else None
+        current, parent = locks.get(t.path), locks.get(t.constraints) if t.constraints else None
         preferences = None if upgrade or current is None else current.text
+        pins = set(current.pins) if current else set()
         text = resolve(t, parent, engine=engine, preferences=preferences, upgrade_packages=sorted(wanted & pins), ca_bundle=ca_bundle)
-        changed = current is None or text != current.text
-        if changed:
-            atomic_write(inside_repo(fleet.root, t.path), text)
-            locks[t.path] = parse_lock(t.path, text)
-            faults.pop(t.path, None)
-        outcomes.append(Outcome(target=t, changed=changed, resolved=True, seconds=time.monotonic() - start, pins=len(locks[t.path].pins)))
-    return outcomes
+        return text, parent.text if parent else None, time.monotonic() - start
+
+    def final(t: Target) -> bool:
+        """Whether the lock ``t`` builds on will not move again in this run."""
+        parent = parent_of[t.path]
+        return parent is None or parent.path in settled
+
+    with ThreadPoolExecutor(max_workers=RESOLVES) as pool:
+        while len(settled) < len(order):
+            batch = [t for t in order if t.path not in settled and needed(t)]
+            for t in order:  # unchanged inputs, on a parent that will not move again
+                if t.path not in settled and t not in batch and final(t):
+                    current = locks.get(t.path)
+                    settled[t.path] = Outcome(target=t, changed=False, resolved=False, seconds=0.0, pins=len(current.pins) if current else 0)
+            futures = {t.path: pool.submit(attempt, t) for t in batch}
+            for t in batch:  # parents first: a child sees whether its parent's lock moved
+                text, used, seconds = futures[t.path].result()
+                spent[t.path] = spent.get(t.path, 0.0) + seconds
+                parent = locks.get(t.constraints) if t.constraints else None
+                if not final(t) or (parent.text if parent else None) != used:
+                    continue  # its parent is not settled, or moved under it: next round
+                current = locks.get(t.path)
+                changed = current is None or text != current.text
+                if changed:
+                    atomic_write(inside_repo(fleet.root, t.path), text)
+                    locks[t.path] = parse_lock(t.path, text)
+                    faults.pop(t.path, None)
+                settled[t.path] = Outcome(target=t, changed=changed, resolved=True, seconds=spent[t.path], pins=len(locks[t.path].pins))
+    return [settled[t.path] for t in order]
