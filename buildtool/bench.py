@@ -265,8 +265,8 @@ class Bench:
         ca = self.settings.ca_bundle
         # The toolkit's `lock --upgrade` of these targets, on a scratch copy (it may move pins);
         # pip-compile as pip-tools runs it, one target after another, each on its parent's lock.
-        scratch = self.state / "fleet-relock"
-        _copy_fleet(self.root, scratch)
+        scratch = owned_dir(self.state / "fleet-relock", repo=self.root, what="bench relock copy", clear=True)
+        copy_fleet(self.root, scratch)
         relock = load_fleet(scratch)
         uv = _timed(lambda: locking.lock(relock, [t.name for t in chosen], upgrade=True, engine="uv", ca_bundle=ca))
         pipc = sum(_timed(lambda t=t: resolve(t, parent(t), engine="pip-compile", ca_bundle=ca)) for t in chosen)
