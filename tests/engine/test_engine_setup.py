@@ -6,6 +6,7 @@ others check the decisions with the command runner faked.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 from buildtool.adapters import bootstrap
 from buildtool.adapters import setup as engine
 from buildtool.core.dpkg import versions
-from buildtool.core.errors import CommandError, EngineError, LockError, MissingToolError
+from buildtool.core.errors import BuildError, CommandError, EngineError, LockError, MissingToolError
 from buildtool.model.load import load_fleet
 from tests.conftest import REPO
 
@@ -190,7 +191,7 @@ def test_bootstrap_is_skipped_when_inputs_match(monkeypatch: pytest.MonkeyPatch,
         calls.append(list(argv))
         if argv[0] == "mmdebstrap":
             assert set(kwargs["env"]) == {"SOURCE_DATE_EPOCH"}
-            Path(argv[argv.index("bookworm") + 1]).write_bytes(b"tar")
+            _root_tar(Path(argv[argv.index("bookworm") + 1]), mtime=EPOCH)
         return _done(argv, "install ok installed")
 
     monkeypatch.setattr(engine.host, "run", fake)
@@ -205,6 +206,28 @@ def test_bootstrap_is_skipped_when_inputs_match(monkeypatch: pytest.MonkeyPatch,
     argv = next(c for c in calls if c[0] == "mmdebstrap")
     assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in argv
     assert any(a.startswith("deb ") and a.endswith(" bookworm-security main") for a in argv)
+
+
+def _root_tar(path: Path, *, mtime: int) -> None:
+    with tarfile.open(path, "w") as tar:
+        member = tarfile.TarInfo("etc/os-release")
+        member.mtime = mtime
+        tar.addfile(member, io.BytesIO(b""))
+
+
+def test_a_root_with_times_after_the_epoch_is_refused_and_not_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Roots are exported without a timestamp rewrite: an unclamped tarball would break reproducible digests."""
+
+    def late(argv, **kwargs):
+        if argv[0] == "mmdebstrap":
+            _root_tar(Path(argv[argv.index("bookworm") + 1]), mtime=EPOCH + 1)
+        return _done(argv, "install ok installed")
+
+    monkeypatch.setattr(engine.host, "run", late)
+    out = tmp_path / "rootfs.tar"
+    with pytest.raises(BuildError, match="etc/os-release"):
+        bootstrap.bootstrap_rootfs(suite="bookworm", variant="runtime", packages=BASE_PACKAGES, pins=PINS, out=out, source_date_epoch=EPOCH)
+    assert not out.exists() and not (tmp_path / "rootfs.tar.partial.tar").exists()
 
 
 PINS = {"libc6": "2.36-9+deb12u13", "python3-minimal": "3.11.2-1+b1", "tini": "0.19.0-1"}
