@@ -232,7 +232,9 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
     if family.builder and family.builder.setup:
         files.append(("builder-setup.sh", fleet.scripts[family.builder.setup]))
     clamped: tuple[str, ...] = ()
-    if family.root and family.root.source == "bootstrap":  # the template's ADDs; anything else it adds is built now
+    # A bootstrapped root's targets are its ADDed tarballs, except where the template's runtime
+    # stage also copies in files built now: OS exports, requirements, the machine profile.
+    if family.root and family.root.source == "bootstrap":
         clamped = ("builder-root",) if export or family.requirements or family.machine_specific else ("builder-root", "runtime")
     return Rendered(dockerfile=text, files=tuple(files), clamped=clamped)
 
