@@ -3,7 +3,9 @@
 #
 # PyPI has no CUDA 12 compiler driver: the nvidia-cuda-nvcc-cu12 wheels carry ptxas, libdevice and
 # the crt headers, but no nvcc and no fatbinary. clang compiles the CUDA code instead, against this
-# root, assembled from hash-locked wheels (all CUDA 12.1 except where noted):
+# root, assembled from hash-locked wheels (all CUDA 12.1 except where noted): the runtime libraries
+# from the image's venv (base-gpu-cu121), the compiler parts from the family's build tools, which
+# the builder stage installs under $BUILD_TOOLS:
 #   include/  cuda_runtime, cublas, curand (clang's CUDA wrapper includes it) and nvcc's crt/ headers,
 #             plus nv/target from cuda-cccl 12.3 (the 12.1 cccl wheels do not ship it; macros only)
 #   nvvm/     libdevice, bin/ptxas: from nvidia-cuda-nvcc-cu12 12.1.105
@@ -13,26 +15,27 @@
 #             only bundles the cubins and PTX that ptxas 12.1 and clang produced, uncompressed.
 set -eu
 nv=/opt/venv/lib/python3.11/site-packages/nvidia
+tools=$BUILD_TOOLS/lib/python3.11/site-packages/nvidia
 root=/opt/cuda
 mkdir -p "$root/bin" "$root/include" "$root/lib64"
 
-for d in cuda_runtime cublas curand cuda_nvcc; do
-  for f in "$nv/$d/include"/*; do
+for d in "$nv/cuda_runtime" "$nv/cublas" "$nv/curand" "$tools/cuda_nvcc"; do
+  for f in "$d/include"/*; do
     case "$f" in */__init__.py|*/__pycache__) continue ;; esac
     ln -s "$f" "$root/include/"
   done
 done
-ln -s "$nv/cuda_cccl/include/nv" "$root/include/nv"
-ln -s "$nv/cuda_nvcc/nvvm" "$root/nvvm"
-ln -s "$nv/cuda_nvcc/bin/ptxas" "$root/bin/ptxas"
+ln -s "$tools/cuda_cccl/include/nv" "$root/include/nv"
+ln -s "$tools/cuda_nvcc/nvvm" "$root/nvvm"
+ln -s "$tools/cuda_nvcc/bin/ptxas" "$root/bin/ptxas"
 for lib in cuda_runtime/lib/libcudart.so.12 cublas/lib/libcublas.so.12 cublas/lib/libcublasLt.so.12; do
   name=$(basename "$lib" .12)
   ln -s "$nv/$lib" "$root/lib64/$name"
 done
 
 # nvcc finds its profile next to its own path, which must be in this root (TOP = bin/..).
-cp "$nv/cu13/bin/nvcc" "$nv/cu13/bin/nvcc.profile" "$root/bin/"
-ln -s "$nv/cu13/bin/fatbinary" "$root/bin/fatbinary-cuda13"
+cp "$tools/cu13/bin/nvcc" "$tools/cu13/bin/nvcc.profile" "$root/bin/"
+ln -s "$tools/cu13/bin/fatbinary" "$root/bin/fatbinary-cuda13"
 # clang names images --image=profile=sm_NN|compute_NN,file=F; CUDA 13's fatbinary takes
 # --image3=kind=elf|ptx,sm=NN,file=F. Compression is off: CUDA 12.1-era drivers load plain images.
 cat > "$root/bin/fatbinary" <<'EOF'

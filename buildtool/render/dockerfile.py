@@ -29,6 +29,15 @@ ROOT_ENV = (
     ("PYTHONUNBUFFERED", "1"),
     ("VIRTUAL_ENV", "/opt/venv"),
 )
+# A family's build tools ([builder] requirements) are installed here, in its builder stage only:
+# on PATH and PYTHONPATH for the setup script and the compile step, and out of pip check's view.
+BUILD_TOOLS = "/opt/build-tools"
+
+
+def build_tools_env(python: str) -> list[tuple[str, str]]:
+    """The builder stage's environment once its build tools are installed."""
+    path = dict(ROOT_ENV)["PATH"]
+    return [("BUILD_TOOLS", BUILD_TOOLS), ("PATH", f"{BUILD_TOOLS}/bin:{path}"), ("PYTHONPATH", f"{BUILD_TOOLS}/lib/python{python}/site-packages")]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -216,6 +225,8 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
         site_packages=site_packages(family.python),
         cmake_arch=machine.cuda_arch.replace(".", "") if machine else "",
         root_env=list(ROOT_ENV),
+        build_tools=BUILD_TOOLS,
+        build_tools_env=build_tools_env(family.python),
         env=sorted(env),
         labels=labels,
     )
