@@ -9,6 +9,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from buildtool.core.graph import CycleError, toposort
 from buildtool.core.names import did_you_mean
+from buildtool.model.archives import root_archive
 from buildtool.model.schema import (
     BUILDER_SCHEMA,
     CUDA_RE,
@@ -26,7 +27,7 @@ from buildtool.model.schema import (
     check_source,
     file_names,
 )
-from buildtool.model.types import CHECKED_TOOLS, UBUNTU_SUITES, Builder, Family, Root, Settings, SmokeCheck
+from buildtool.model.types import CHECKED_TOOLS, UBUNTU_SUITES, Archive, Builder, Family, Root, Settings, SmokeCheck
 
 # Set by the toolkit in every family image; a family's env cannot replace them.
 ROOT_ENV_NAMES = frozenset({"LANG", "PATH", "PIP_DISABLE_PIP_VERSION_CHECK", "PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "VIRTUAL_ENV"})
@@ -66,8 +67,14 @@ def _read_root(c: Collector, file: str, data: Any, settings: Settings, python: s
         return None
     if "image" in v and v["image"] and source == "bootstrap" and not IMAGE_RE.fullmatch(v["image"]):
         c.add(file, "root.image", f"{v['image']!r} is not an image reference")
+    distribution = "ubuntu" if v.get("suite") in UBUNTU_SUITES else "debian"
+    archive = dict(settings.archives).get(distribution, Archive())
+    if "archive" in v and source != "bootstrap":
+        c.add(file, "root.archive", 'an apt archive belongs to a bootstrapped root (source = "bootstrap"); remove it')
+    elif "archive" in v:
+        archive = root_archive(c, file, v["archive"], archive, distribution=distribution)
     return Root(source=source, image=v.get("image", ""), suite=v.get("suite", ""), packages=v.get("packages", ()),
-                builder_packages=v.get("builder_packages", ()))  # fmt: skip
+                builder_packages=v.get("builder_packages", ()), archive=archive if source == "bootstrap" else Archive())  # fmt: skip
 
 
 def _check_debs(c: Collector, file: str, key: str, packages: tuple[str, ...]) -> None:
@@ -144,6 +151,11 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
             c.add(file, "vuln_policy_reason", 'a family that downgrades the gate to "warn" says why (and until when) in vuln_policy_reason')
         if v.get("budget_policy") == "warn" and not v.get("budget_reason", "").strip():
             c.add(file, "budget_reason", 'a family whose images may exceed budget_mb (budget_policy = "warn") says why in budget_reason')
+        if "end_of_life" in v and not v.get("end_of_life_reason", "").strip():
+            c.add(file, "end_of_life_reason", "a family with an end of life says why, and where its services should move, in end_of_life_reason")
+        if "end_of_life_reason" in v and "end_of_life" not in data:
+            c.add(file, "end_of_life", "end_of_life_reason needs the date it explains: add end_of_life = YYYY-MM-DD, or remove the reason")
+        own_eol = "end_of_life" in v
         tools = v.get("runtime_tools", ())
         for i, tool in enumerate(tools):
             if tool not in CHECKED_TOOLS:
@@ -170,6 +182,8 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
             vuln_policy=vuln_policy,
             budget_policy=v.get("budget_policy", parent.budget_policy if parent else "enforce"),
             runtime_tools=tuple(sorted({*(parent.runtime_tools if parent else ()), *tools})),
+            end_of_life=v.get("end_of_life") if own_eol else parent.end_of_life if parent else None,
+            end_of_life_reason=v.get("end_of_life_reason", "") if own_eol else parent.end_of_life_reason if parent else "",
         )
     return families, defined
 

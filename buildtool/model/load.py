@@ -9,13 +9,16 @@ profile key no program reads) do not stop the read: the fleet carries them in ``
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 from pathlib import Path
 from typing import Any
 
+from buildtool.core.errors import Problem
 from buildtool.core.names import did_you_mean, image_slug
 from buildtool.model.allowlist import read_allowlist
+from buildtool.model.archives import read_archives
 from buildtool.model.families import read_families
 from buildtool.model.locks import LOCK_DIR, Lock, parse_lock
 from buildtool.model.oslocks import OS_LOCK_DIR, OsLock, OsLockSyntax, parse_os_lock
@@ -62,6 +65,7 @@ def _read_settings(c: Collector) -> tuple[Settings, dict[str, Any] | None]:
         suite_python=s.get("suite_python", DEFAULT_SUITES),
         ignore=s.get("ignore", ()),
         source_date_epoch=s.get("source_date_epoch", 0),
+        archives=read_archives(c, file, top["archives"]) if "archives" in top else (),
     )
     if "source" in d and not check_source(c, file, "service_defaults.source", d["source"]):
         d["source"] = ""  # reported here; services that use the default get no follow-up
@@ -313,4 +317,20 @@ def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
     )
     _check_placement(c, fleet)
     c.raise_if_any()
-    return fleet
+    eol = _past_end_of_life(fleet, today or dt.datetime.now(dt.UTC).date())
+    return dataclasses.replace(fleet, warnings=tuple(sorted([*fleet.warnings, *eol], key=lambda p: (p.file, p.key, p.message))))
+
+
+def _past_end_of_life(fleet: Fleet, today: dt.date) -> list[Problem]:
+    """A warning for each family past its declared end of life, naming the services still on it
+    (a family inherits its parent's end of life, so only the one that declares it is named)."""
+    out = []
+    for family in fleet.families.values():
+        parent = fleet.families[family.parent] if family.parent else None
+        if family.end_of_life is None or family.end_of_life >= today or (parent and parent.end_of_life == family.end_of_life):
+            continue
+        on_it = sorted(s.name for s in fleet.services.values() if family.name in {f.name for f in fleet.lineage(s.family)})
+        still = f"{len(on_it)} service(s) still on it: {', '.join(on_it)}" if on_it else "no service is on it any more; remove the family"
+        message = f"{family.name} is past its end of life ({family.end_of_life.isoformat()}): {family.end_of_life_reason}; {still}"
+        out.append(Problem(file=family.file, key="end_of_life", message=message))
+    return out

@@ -7,6 +7,7 @@ see :mod:`buildtool.quote` for how each kind of value is written.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import stat
 import tomllib
@@ -43,6 +44,9 @@ ORG_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+
 REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(?::[0-9]{1,5})?")
 DEB_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # a name only: versions live in lockfiles/os
 IMAGE_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# An apt archive's address: http(s), a host name or address, a port, a path of plain segments.
+ARCHIVE_URL_RE = re.compile(r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~+-]+)*")
+SNAPSHOT_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # snapshot.debian.org's timestamps: 20261121T095414Z
 
 MAX_TOML_BYTES = 1 << 20
 
@@ -119,6 +123,28 @@ def _any(v: Any) -> tuple[Any, str | None]:
     return v, None
 
 
+def _date(v: Any) -> tuple[Any, str | None]:
+    if isinstance(v, dt.date) and not isinstance(v, dt.datetime):
+        return v, None
+    return None, f"must be a date like 2026-10-31 (a TOML date, unquoted), got {v!r}"
+
+
+def _archive_url(v: Any) -> tuple[Any, str | None]:
+    if isinstance(v, str) and ARCHIVE_URL_RE.fullmatch(v):
+        return v, None
+    return None, f"{v!r} is not an archive URL like \"http://deb.debian.org/debian\" (http or https, no query, no trailing slash)"
+
+
+def _snapshot(v: Any) -> tuple[Any, str | None]:
+    if isinstance(v, str) and SNAPSHOT_RE.fullmatch(v):
+        try:
+            dt.datetime.strptime(v, "%Y%m%dT%H%M%SZ")
+            return v, None
+        except ValueError:
+            pass
+    return None, f"{v!r} is not a snapshot time like \"20261121T095414Z\" (UTC, as snapshot.debian.org names them)"
+
+
 def pattern(regex: re.Pattern[str], what: str) -> Checker:
     def check(v: Any) -> tuple[Any, str | None]:
         if not isinstance(v, str) or not regex.fullmatch(v):
@@ -136,7 +162,15 @@ SETTINGS_SCHEMA: dict[str, Checker] = {
     "source_date_epoch": _int(0, 2**32),
 }
 SERVICE_DEFAULTS_SCHEMA: dict[str, Checker] = {"source": _str, "entrypoint": _argv}
-FLEET_SCHEMA: dict[str, Checker] = {"settings": _any, "service_defaults": _any}
+FLEET_SCHEMA: dict[str, Checker] = {"settings": _any, "service_defaults": _any, "archives": _any}
+ARCHIVES_SCHEMA: dict[str, Checker] = {"debian": _any, "ubuntu": _any}
+ARCHIVE_SCHEMA: dict[str, Checker] = {
+    "mirror": _archive_url,
+    "security": _archive_url,
+    "snapshot": _snapshot,
+    "snapshot_mirror": _archive_url,
+    "keyring": _str,
+}
 MACHINE_SCHEMA: dict[str, Checker] = {
     "description": _str,
     "gpu": _str,
@@ -145,7 +179,14 @@ MACHINE_SCHEMA: dict[str, Checker] = {
     "informational": _strlist,  # profile keys only the fleet's own services read (model/profiles.py)
     "profile": _env,
 }
-ROOT_SCHEMA: dict[str, Checker] = {"source": _str, "image": _str, "suite": _str, "packages": _strlist, "builder_packages": _strlist}
+ROOT_SCHEMA: dict[str, Checker] = {
+    "source": _str,
+    "image": _str,
+    "suite": _str,
+    "packages": _strlist,
+    "builder_packages": _strlist,
+    "archive": _any,
+}
 SMOKE_SCHEMA: dict[str, Checker] = {"name": _str, "run": _argv, "gpu": _bool}
 BUILDER_SCHEMA: dict[str, Checker] = {"os_packages": _strlist, "requirements": _strlist, "setup": _str, "env": _env}
 FAMILY_SCHEMA: dict[str, Checker] = {
@@ -170,6 +211,8 @@ FAMILY_SCHEMA: dict[str, Checker] = {
     "budget_policy": pattern(re.compile("enforce|warn"), 'a size budget policy: "enforce" or "warn"'),
     "budget_reason": _str,
     "runtime_tools": _strlist,
+    "end_of_life": _date,
+    "end_of_life_reason": _str,
 }
 SERVICE_SCHEMA: dict[str, Checker] = {
     "family": _str,

@@ -3,6 +3,7 @@ everything else reads these, never the files."""
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,24 @@ class SmokeCheck:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Archive:
+    """Where a bootstrapped root's Debian or Ubuntu packages come from (and what its families
+    install with apt): the distribution's archive or a mirror of it, or its snapshot archive at
+    one point in time, where no version is ever replaced. Empty values take the defaults
+    (:func:`buildtool.adapters.bootstrap.sources`)."""
+
+    mirror: str = ""  # the archive (Ubuntu: every pocket), e.g. http://deb.debian.org/debian
+    security: str = ""  # Debian's security archive, e.g. http://deb.debian.org/debian-security
+    snapshot: str = ""  # a point in time, YYYYMMDDTHHMMSSZ: every pocket as the snapshot archive served it then
+    snapshot_mirror: str = ""  # a snapshot archive in snapshot.debian.org's (or snapshot.ubuntu.com's) URL layout
+    keyring: str = ""  # an OpenPGP keyring in the repository that signs it (default: the distribution's archive keyring)
+
+    def declared(self) -> dict[str, str]:
+        """The values set (what identities and lock inputs carry: an unset archive changes neither)."""
+        return {k: v for k, v in vars(self).items() if v}
+
+
+@dataclass(frozen=True, kw_only=True)
 class Root:
     """Where a root family's filesystem comes from."""
 
@@ -40,6 +59,11 @@ class Root:
     suite: str = ""  # used when source == "bootstrap"
     packages: tuple[str, ...] = ()  # the runtime root keeps these and what they depend on, nothing else
     builder_packages: tuple[str, ...] = ()  # the builder root has these as well (python3-venv: pip)
+    archive: Archive = field(default_factory=Archive)  # fleet.toml's [archives.DISTRIBUTION], then [root.archive]
+
+    @property
+    def distribution(self) -> str:
+        return "ubuntu" if self.suite in UBUNTU_SUITES else "debian"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -80,6 +104,8 @@ class Family:
     budget_policy: str = "enforce"  # "warn": an image over budget_mb is reported, not failed
     time_limit_minutes: int = 60  # a build, check or push step of its images is ended after this
     runtime_tools: tuple[str, ...] = ()  # tools the structure checks would refuse that this family's images need (its own and inherited)
+    end_of_life: dt.date | None = None  # after this date the family is past its end of life (its own, or its parent's)
+    end_of_life_reason: str = ""
 
     @property
     def has_python_deps(self) -> bool:
@@ -147,6 +173,7 @@ class Settings:
     suite_python: Pairs  # Debian suite -> Python version it ships
     ignore: tuple[str, ...]  # patterns excluded from every build context
     source_date_epoch: int  # timestamps inside images, for reproducible builds
+    archives: tuple[tuple[str, Archive], ...] = ()  # [archives.debian], [archives.ubuntu]: defaults of every bootstrapped root
 
 
 @dataclass(frozen=True, kw_only=True)
