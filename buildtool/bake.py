@@ -18,7 +18,7 @@ from pathlib import Path
 from buildtool.adapters import host
 from buildtool.adapters.files import atomic_write, owned_dir, write_context
 from buildtool.core.errors import CommandError, EngineError, ToolError
-from buildtool.locking import apt
+from buildtool.locking import aptsource
 from buildtool.plan.plan import BUILDER_SUFFIX, Plan, Step
 from buildtool.settings import Settings
 
@@ -83,7 +83,7 @@ def ensure_bake(state_dir: Path) -> Bake:
     plugin = config / "cli-plugins" / "docker-buildx"
     if not plugin.is_file():
         try:
-            deb, version = apt.download(suite=PLUGIN_SUITE, package="docker-buildx", cache=state_dir / "apt")
+            deb, version = aptsource.download(suite=PLUGIN_SUITE, package="docker-buildx", cache=state_dir / "apt")
         except (CommandError, ToolError) as exc:
             oldest = ".".join(map(str, KNOWN_GOOD))
             raise EngineError(

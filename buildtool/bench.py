@@ -118,6 +118,9 @@ class _Quiet:
     def update(self, key: str, status: str, detail: str = "") -> None:
         pass
 
+    def note(self, text: str) -> None:
+        pass
+
 
 def _timed(fn: Callable[[], object]) -> float:
     start = time.monotonic()

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 from buildtool.adapters import setup
@@ -28,14 +29,17 @@ from buildtool.core import stopping
 from buildtool.core.errors import BuildError, LockError
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
 from buildtool.execute.gate import judge
+from buildtool.execute.lookup import to_build
 from buildtool.execute.security import DB_ANNOTATION, NO_DB, REPORT_TYPE, Scanner, registry_sbom, registry_sbom_data, stale_entries
 from buildtool.execute.security import prepare as security_prepare
-from buildtool.locking import oslock
+from buildtool.locking import apt, aptsource, oslock
 from buildtool.locking.lock import verify
 from buildtool.locking.targets import targets
 from buildtool.model.allowlist import FILE
+from buildtool.model.load import load_fleet
+from buildtool.model.oslocks import os_lock_path
 from buildtool.model.types import Fleet
-from buildtool.plan.plan import Plan, make_plan
+from buildtool.plan.plan import Plan, make_plan, replan
 from buildtool.publish.release import Move, Revision, labels, publish, release_tag, revision
 from buildtool.report import sizes, tables
 from buildtool.settings import Settings
@@ -52,6 +56,7 @@ class Run:
     moves: list[Move] = field(default_factory=list)
     sizes: list[sizes.ImageSize] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # the gate's: database, stale or expiring allowlist entries
+    forwarded: list[oslock.Move] = field(default_factory=list)  # OS lock versions moved because the archive replaced them
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -91,6 +96,42 @@ def bring_up(settings: Settings, *, engine: bool = True) -> RegistryClient:
     if is_loopback(settings.registry):
         setup.ensure_registry(settings.registry, storage_dir=settings.registry_storage, state_dir=settings.state_dir)
     return RegistryClient(settings.registry, token=settings.registry_token, user=settings.registry_user)
+
+
+def apt_cache(settings: Settings) -> Path:
+    """The state dir's apt index cache, where OS locks are resolved and checked."""
+    return owned_dir(settings.state_dir / "apt", repo=settings.root, what="apt index cache")
+
+
+def forward_locks(settings: Settings, fleet: Fleet, plan: Plan, registry: Registry, *, locked: bool, progress: Progress,
+                  resolver: oslock.Apt = apt) -> tuple[Fleet, Plan, list[oslock.Move]]:  # fmt: skip
+    """The OS locks the plan's images install from, checked against the archive's indexes (read
+    once per run) before anything is built; an image already in the registry installs nothing
+    and is not checked. Versions the archive no longer serves (Debian and Ubuntu replace security
+    updates in place) are forwarded: each moves to what the same suite serves now, the lock is
+    rewritten, and the plan made again. ``locked``: refused instead (LockError), nothing built.
+    Returns the fleet and plan to build, and every move."""
+    cache = apt_cache(settings)
+    aptsource.new_run()
+    moves: list[oslock.Move] = []
+    for _ in range(len(fleet.families) + 1):  # a moved root is rebuilt: its own sections are read next
+        wanted = {os_lock_path(s.name): fleet.os_lock_sections(s.name) for s in to_build(plan, settings, registry) if s.kind == "family"}
+        gone = oslock.unserved(fleet, {path: sections for path, sections in wanted.items() if sections}, cache=cache, resolver=resolver)
+        if not gone:
+            break
+        if locked:
+            lines = "".join(f"\n  - {line}" for line in oslock.describe(fleet, gone))
+            names = sorted({name for pairs in gone.values() for name, _ in pairs})
+            raise LockError(f"--locked: the archive no longer serves versions the OS locks of these images name; nothing was built:{lines}\n"
+                            f"Move them with `{oslock.REFRESH}` (or `nox -s lock -- {' '.join(f'--upgrade-package {n}' for n in names)}`), "
+                            "or build without --locked, which forwards them")  # fmt: skip
+        step = oslock.forward(fleet, gone, cache=cache, resolver=resolver)
+        for move in step:
+            progress.note(f"forwarded {move.path}: {move.line()}")
+        moves += step
+        fleet = load_fleet(fleet.root)
+        plan = replan(fleet, plan)
+    return fleet, plan, moves
 
 
 class EngineOnDemand:
@@ -146,11 +187,15 @@ def _build(
     tag: str | None = None,
     publish_tags: bool = True,
     commit: Revision | None = None,
+    locked: bool = False,
+    resolver: oslock.Apt | None = None,
 ) -> Run:
     """:func:`build` once its locks are checked, with the state dir held: adapters default to the
-    settings' (the engine only when a step needs it), ``tag`` to the commit's release tag."""
+    settings' (the engine only when a step needs it), ``tag`` to the commit's release tag;
+    ``locked``: refuse OS locks the archive no longer serves rather than forward them."""
     if registry is None:
         registry = bring_up(settings, engine=False)
+    fleet, plan, forwarded = forward_locks(settings, fleet, plan, registry, locked=locked, progress=progress, resolver=resolver or apt)
     if engine is None:
         engine = EngineOnDemand(settings)  # type: ignore[assignment]
     if bootstrap is None:
@@ -178,19 +223,19 @@ def _build(
         notes += [f"WARN {v.repository}: {v.summary()}" for v in verdicts if v.status == "WARN"]
     notes += [w for r in results for w in r.warnings]
     seconds = time.monotonic() - started
-    record = {"tag": tag, "seconds": seconds, "notes": notes, "results": [asdict(r) for r in results]}
+    record = {"tag": tag, "seconds": seconds, "notes": notes, "forwarded": [asdict(m) for m in forwarded], "results": [asdict(r) for r in results]}
     atomic_write(settings.state_dir / "reports" / "last-run.json", json.dumps(record, indent=2))
     failed = [r for r in results if r.status in ("failed", "blocked")]
     if failed:
         details = "\n".join(f"  - {r.repository}: {r.status}: {r.message}" for r in failed)
         raise BuildError(f"{len(failed)} of {len(results)} images did not build or pass their checks; no tag was moved:\n{details}")
     if not publish_tags:
-        return Run(tag=tag, seconds=seconds, results=results, notes=notes)
+        return Run(tag=tag, seconds=seconds, results=results, notes=notes, forwarded=forwarded)
     with stopping.deferred():  # a stop signal waits: every tag of the release moves, or none
         moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
-    return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes)
+    return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes, forwarded=forwarded)
 
 
 @one_at_a_time

@@ -161,6 +161,31 @@ class FakeEngine:
 class QuietProgress:
     def __init__(self) -> None:
         self.updates: list[tuple[str, str]] = []
+        self.notes: list[str] = []
 
     def update(self, key: str, status: str, detail: str = "") -> None:
         self.updates.append((key, status))
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+
+class ServedApt:
+    """An apt archive (:class:`buildtool.locking.oslock.Apt`) that still serves every locked
+    version: a build's archive check passes without reading any archive."""
+
+    def __init__(self) -> None:
+        self.asked: list[dict[str, str]] = []
+
+    def unserved(self, *, pins, cache, **source) -> list[tuple[str, str]]:
+        self.asked.append(dict(pins))
+        return []
+
+    def pockets(self, *, packages, cache, **source) -> dict[tuple[str, str], str]:
+        return {}
+
+    def resolve_root(self, **kw):
+        raise AssertionError("nothing is resolved when every version is served")
+
+    def resolve_added(self, **kw):
+        raise AssertionError("nothing is resolved when every version is served")

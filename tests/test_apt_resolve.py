@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from buildtool.core.errors import LockError, MissingToolError, UnservedVersion
-from buildtool.locking import apt
+from buildtool.locking import apt, aptsource
 
 DEBIAN = [
     "deb http://deb.example/debian bookworm main",
@@ -59,7 +59,7 @@ class FakeApt:
             root = Path(re.search(r'^Dir "(.*)/";', conf.read_text(), re.M)[1])
             for line in (root / "etc/apt/sources.list").read_text().splitlines():
                 uri, dist = line.split("] ")[1].split()[:2]
-                (root / "var/lib/apt/lists" / apt.list_name(uri, dist, "InRelease")).write_text(
+                (root / "var/lib/apt/lists" / aptsource.list_name(uri, dist, "InRelease")).write_text(
                     f"-----BEGIN PGP SIGNED MESSAGE-----\nSuite: x\nDate: {DATES[dist]}\n"
                 )
             return subprocess.CompletedProcess(argv, 0, "Reading package lists...\n", "")
@@ -84,12 +84,12 @@ def fake(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> FakeApt:
     fake = FakeApt()
     keyring = tmp_path / "keyring.gpg"
     keyring.write_text("key")
-    monkeypatch.setattr(apt.host, "run", fake)
-    monkeypatch.setattr(apt.host, "which", lambda program: f"/usr/bin/{program}")
-    monkeypatch.setattr(apt, "sources", lambda suite: UBUNTU if suite == "jammy" else DEBIAN)
-    monkeypatch.setattr(apt, "DEBIAN_KEYRING", str(keyring))
-    monkeypatch.setattr(apt, "UBUNTU_KEYRING", str(keyring))
-    monkeypatch.setattr(apt, "_updated", set())
+    monkeypatch.setattr(aptsource.host, "run", fake)
+    monkeypatch.setattr(aptsource.host, "which", lambda program: f"/usr/bin/{program}")
+    monkeypatch.setattr(aptsource, "sources", lambda suite, archive: UBUNTU if suite == "jammy" else DEBIAN)
+    monkeypatch.setattr(aptsource, "DEBIAN_KEYRING", str(keyring))
+    monkeypatch.setattr(aptsource, "UBUNTU_KEYRING", str(keyring))
+    monkeypatch.setattr(aptsource, "_updated", set())
     return fake
 
 
@@ -139,7 +139,7 @@ def test_private_configuration_reads_nothing_of_the_host(fake: FakeApt, tmp_path
         'Dir::Cache::pkgcache "";',
     ):
         assert line in conf
-    keyring = apt.DEBIAN_KEYRING
+    keyring = aptsource.DEBIAN_KEYRING
     assert (root / "etc/apt/sources.list").read_text().splitlines() == [line.replace("deb ", f"deb [signed-by={keyring}] ", 1) for line in DEBIAN]
     assert not list(root.glob("run-*")), "each resolution's status and preferences are removed"
     assert all("sudo" not in c for c in fake.calls)
@@ -225,7 +225,7 @@ def test_added_refuses_unserved_base_and_base_upgrades(fake: FakeApt, tmp_path: 
 
 
 def test_missing_apt_names_the_fix(fake: FakeApt, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(apt.host, "which", lambda program: None)
+    monkeypatch.setattr(aptsource.host, "which", lambda program: None)
     with pytest.raises(MissingToolError, match="Debian or Ubuntu host"):
         apt.resolve_root(suite="bookworm", include=[], merged_usr=True, cache=tmp_path)
 
@@ -238,19 +238,19 @@ def test_failed_update_is_a_lock_error(fake: FakeApt, monkeypatch: pytest.Monkey
             )
         return fake(argv, **kwargs)
 
-    monkeypatch.setattr(apt.host, "run", offline)
+    monkeypatch.setattr(aptsource.host, "run", offline)
     with pytest.raises(LockError, match="update of the bookworm archive failed:\n  W: Failed to fetch"):
         apt.resolve_root(suite="bookworm", include=[], merged_usr=True, cache=tmp_path)
 
 
 def test_list_names_and_dates() -> None:
     assert (
-        apt.list_name("http://deb.debian.org/debian-security/", "bookworm-security", "InRelease")
+        aptsource.list_name("http://deb.debian.org/debian-security/", "bookworm-security", "InRelease")
         == "deb.debian.org_debian-security_dists_bookworm-security_InRelease"
     )
-    assert apt.list_name("https://user:pw@mirror.example:8080/my_debian", "sid", "InRelease") == "mirror.example:8080_my%5fdebian_dists_sid_InRelease"
-    assert apt.snapshot_date("Origin: Ubuntu\nDate: Sat, 21 Nov 2026  9:56:45 UTC\n") == "20261121T095645Z"
-    assert apt.snapshot_date("Date: Sat, 21 Nov 2026 10:56:45 +0100\n") == "20261121T095645Z"
+    assert aptsource.list_name("https://user:pw@mirror.example:8080/my_debian", "sid", "InRelease") == "mirror.example:8080_my%5fdebian_dists_sid_InRelease"
+    assert aptsource.snapshot_date("Origin: Ubuntu\nDate: Sat, 21 Nov 2026  9:56:45 UTC\n") == "20261121T095645Z"
+    assert aptsource.snapshot_date("Date: Sat, 21 Nov 2026 10:56:45 +0100\n") == "20261121T095645Z"
 
 
 # -- against the real archive ---------------------------------------------------------------------

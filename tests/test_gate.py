@@ -19,7 +19,7 @@ from buildtool.model.allowlist import Allowlist, Entry
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
 from buildtool.publish.release import Revision
-from tests.fakes import FakeEngine, FakeRegistry, QuietProgress
+from tests.fakes import FakeEngine, FakeRegistry, QuietProgress, ServedApt
 
 TODAY = dt.date(2026, 11, 23)
 COMMIT = Revision(sha="abc1234", date=TODAY, dirty=False)
@@ -176,7 +176,7 @@ def gate_run(fleet_dir: Path, tmp_path: Path, scanner: FakeScanner, registry: Fa
     registry = registry or FakeRegistry()
     plan = make_plan(fleet, services=["ServiceRegistry"])
     write_rootfs = lambda *, out, **kw: (out.write_bytes(b"rootfs"), out)[1]  # noqa: E731
-    run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs,
+    run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs, resolver=ServedApt(),
                          scanner=scanner, tag="r1", commit=COMMIT)  # fmt: skip
     return run, registry
 

@@ -1,5 +1,6 @@
 """OS package locks with the apt resolver faked: which families have one, what makes one stale,
-what `lock` moves (only what it must), and what `lock --check` says when the archive moved on."""
+what `lock` moves (only what it must), what a build's forward moves when the archive replaced a
+version, and what `lock --check` says when the archive moved on."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from buildtool.core.errors import LockError, UnservedVersion
 from buildtool.locking import apt, oslock
 from buildtool.model.oslocks import os_lock_path, parse_os_lock
 from tests import memory
+from tests.test_lock import restamp
 
 ARCHIVES = (("bookworm", "20260711T101637Z"), ("bookworm-security", "20261121T005302Z"))
 
@@ -23,6 +25,7 @@ class Archive:
         self.served = {"apt": "2.6.1", "libc6": "2.36-9+deb12u13", "python3-minimal": "3.11.2-1+b1", "python3-venv": "3.11.2-1+b1",
                        "curl": "7.88.1-10+deb12u15", "libcurl4": "7.88.1-10+deb12u15", "clang-19": "1:19.1.7-3~deb12u1"}  # fmt: skip
         self.calls: list[tuple[str, dict[str, str]]] = []
+        self.pocket = {"curl": "bookworm-security", "libcurl4": "bookworm-security"}
 
     def _pick(self, names: list[str], pins: dict[str, str]) -> apt.Resolution:
         gone = [(n, v) for n, v in pins.items() if n in names and self.served.get(n) != v]
@@ -30,14 +33,24 @@ class Archive:
             raise UnservedVersion(gone, "bookworm")
         return apt.Resolution(packages=tuple(sorted((n, pins.get(n, self.served[n])) for n in names)), archives=ARCHIVES, apt="2.6.1")
 
-    def root(self, *, suite: str, include: list[str], merged_usr: bool, pins: dict[str, str], cache: Path) -> apt.Resolution:
+    def resolve_root(self, *, include: list[str], merged_usr: bool, pins: dict[str, str], cache: Path, **source) -> apt.Resolution:
         self.calls.append(("root", dict(pins)))
         return self._pick(sorted({"libc6", *[p for p in include if p in self.served]}), pins)
 
-    def added(self, *, suite: str, base: dict[str, str], install: list[str], pins: dict[str, str], cache: Path) -> apt.Resolution:
+    def resolve_added(self, *, base: dict[str, str], install: list[str], pins: dict[str, str], cache: Path, **source) -> apt.Resolution:
         self.calls.append(("added", dict(pins)))
+        gone = [(n, v) for n, v in base.items() if n in self.served and self.served[n] != v]
+        if gone:  # the base's stanzas come from the archive too
+            raise UnservedVersion(gone, "bookworm")
         extra = ["libcurl4"] if "curl" in install else []
         return self._pick(sorted({*install, *extra} - set(base)), pins)
+
+    def unserved(self, *, pins: dict[str, str], cache: Path, **source) -> list[tuple[str, str]]:
+        self.calls.append(("unserved", dict(pins)))
+        return sorted((n, v) for n, v in pins.items() if self.served.get(n, v) != v)
+
+    def pockets(self, *, packages, cache: Path, **source) -> dict[tuple[str, str], str]:
+        return {(n, v): self.pocket.get(n, "bookworm") for n, v in packages}
 
 
 def _fleet(tmp_path: Path):
@@ -46,7 +59,7 @@ def _fleet(tmp_path: Path):
 
 
 def _lock(fleet, archive: Archive, **kw):
-    return oslock.lock(fleet, cache=Path("/cache"), resolve_root=archive.root, resolve_added=archive.added, **kw)
+    return oslock.lock(fleet, cache=Path("/cache"), resolver=archive, **kw)
 
 
 def _reload(fleet, tmp_path: Path):
@@ -110,12 +123,25 @@ def test_check_proves_each_lock_against_the_archive(tmp_path: Path) -> None:
     fleet = _fleet(tmp_path)
     _lock(fleet, archive)
     fleet = _reload(fleet, tmp_path)
-    check = lambda: oslock.check(fleet, cache=Path("/c"), resolve_root=archive.root, resolve_added=archive.added)  # noqa: E731
-    assert check() == []
+    check = lambda **kw: oslock.check(fleet, cache=Path("/c"), resolver=archive, **kw)  # noqa: E731
+    assert check() == oslock.Checked(problems=[], replaced=[])
+    # The archive replaced a version: reported with the refresh, and a failure only where --locked.
     archive.served["clang-19"] = "1:19.1.7-3~deb12u2"
-    problems = check()
-    assert len(problems) == 1 and problems[0].startswith("lockfiles/os/llm.txt: clang-19 1:19.1.7-3~deb12u1 is no longer served")
-    assert "`nox -s lock -- --upgrade-package clang-19`" in problems[0]
+    checked = check()
+    assert checked.problems == []
+    assert checked.replaced == ["lockfiles/os/llm.txt: clang-19 1:19.1.7-3~deb12u1 no longer served by the bookworm archive; "
+                                "`nox -s refresh` moves them (a build without --locked forwards them)"]  # fmt: skip
+    assert check(locked=True) == oslock.Checked(problems=checked.replaced, replaced=[])
+    # A lock that resolves differently still fails, whatever the archive replaced elsewhere: a hand
+    # edit, its content hash made to match, adds a package no resolution of its inputs holds.
+    path = tmp_path / os_lock_path("utils")
+    path.write_text(path.read_text().replace("libcurl4=7.88.1-10+deb12u15\n", "libcurl4=7.88.1-10+deb12u15\nlibssh2-1=1.10.0-3+b1\n"))
+    restamp(path)
+    archive.served["libssh2-1"] = "1.10.0-3+b1"
+    checked = oslock.check(_reload(fleet, tmp_path), cache=Path("/c"), resolver=archive)
+    assert len(checked.problems) == 1 and checked.problems[0].startswith("lockfiles/os/utils.txt: differs from a fresh resolution")
+    assert "-libssh2-1=1.10.0-3+b1" in checked.problems[0]
+    assert [r.split(":")[0] for r in checked.replaced] == ["lockfiles/os/llm.txt"]
 
 
 def test_a_lock_edited_by_hand_or_missing_is_a_problem_without_resolving(tmp_path: Path) -> None:
@@ -129,3 +155,46 @@ def test_a_lock_edited_by_hand_or_missing_is_a_problem_without_resolving(tmp_pat
     changed = dataclasses.replace(fleet.families["utils"], os_packages=("curl", "gosu"))
     stale = dataclasses.replace(fleet, families={**fleet.families, "utils": changed})
     assert [p for p in oslock.verify(stale) if "stale" in p and "utils" in p]
+
+
+def test_forward_moves_exactly_the_replaced_versions_and_names_each_move(tmp_path: Path) -> None:
+    archive = Archive()
+    fleet = _fleet(tmp_path)
+    _lock(fleet, archive)
+    fleet = _reload(fleet, tmp_path)
+    before = {path: (tmp_path / path).read_text() for path in fleet.os_locks}
+    archive.served["curl"] = archive.served["libcurl4"] = "7.88.1-10+deb12u16"  # replaced in place by a security update
+    archive.served["clang-19"] = "1:19.1.7-3~deb12u2"  # llm's: not read by this build
+    gone = oslock.unserved(fleet, {os_lock_path("utils"): ("runtime",)}, cache=Path("/c"), resolver=archive)
+    assert gone == {os_lock_path("utils"): [("curl", "7.88.1-10+deb12u15"), ("libcurl4", "7.88.1-10+deb12u15")]}
+    archive.calls.clear()
+    moves = oslock.forward(fleet, gone, cache=Path("/c"), resolver=archive)
+    assert [m.line() for m in moves] == [
+        "curl 7.88.1-10+deb12u15 -> 7.88.1-10+deb12u16 (bookworm-security): no longer served by the archive",
+        "libcurl4 7.88.1-10+deb12u15 -> 7.88.1-10+deb12u16 (bookworm-security): no longer served by the archive",
+    ]
+    assert [kind for kind, _ in archive.calls] == ["added"]  # only utils was resolved again
+    after = {path: (tmp_path / path).read_text() for path in fleet.os_locks}
+    assert {p for p in after if after[p] != before[p]} == {os_lock_path("utils")}
+    assert oslock.verify(_reload(fleet, tmp_path)) == []
+
+
+def test_a_child_to_resolve_again_reads_its_root_whose_replaced_versions_move_too(tmp_path: Path) -> None:
+    archive = Archive()
+    fleet = _fleet(tmp_path)
+    _lock(fleet, archive)
+    fleet = _reload(fleet, tmp_path)
+    archive.served["libc6"] = "2.36-9+deb12u14"
+    wanted = {os_lock_path("utils"): ("runtime",)}
+    assert oslock.unserved(fleet, wanted, cache=Path("/c"), resolver=archive) == {}  # the child installs nothing of its root
+    archive.served["curl"] = archive.served["libcurl4"] = "7.88.1-10+deb12u16"
+    gone = oslock.unserved(fleet, wanted, cache=Path("/c"), resolver=archive)
+    assert set(gone) == {os_lock_path("utils"), os_lock_path("base")}
+    assert gone[os_lock_path("base")] == [("libc6", "2.36-9+deb12u13")]
+    moves = oslock.forward(fleet, gone, cache=Path("/c"), resolver=archive)
+    assert {(m.path, m.package, m.new) for m in moves} == {
+        (os_lock_path("base"), "libc6", "2.36-9+deb12u14"),  # both root sections
+        (os_lock_path("utils"), "curl", "7.88.1-10+deb12u16"),
+        (os_lock_path("utils"), "libcurl4", "7.88.1-10+deb12u16"),
+    }
+    assert oslock.verify(_reload(fleet, tmp_path)) == []  # the children of the moved root are resolved against it again

@@ -15,7 +15,7 @@ from buildtool.core.errors import BuildError, ReleaseError
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
 from buildtool.publish.release import Revision, labels, publish, release_tag, revision
-from tests.fakes import FakeEngine, FakeRegistry, QuietProgress
+from tests.fakes import FakeEngine, FakeRegistry, QuietProgress, ServedApt
 
 COMMIT = Revision(sha="abc1234", date=dt.date(2026, 11, 20), dirty=False)
 
@@ -88,7 +88,7 @@ def test_force_image_tag_during_a_build_changes_nothing(fleet_dir: Path, tmp_pat
     pinned = registry.add("fleet/base-python", "pinned", "an older release")
     s = settings_for(fleet_dir, tmp_path, FORCE_IMAGE_TAG="pinned")
     plan = make_plan(fleet, families=["base-python"])
-    run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs,
+    run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs, resolver=ServedApt(),
                          commit=COMMIT)  # fmt: skip
     assert run.tag == "20261120-abc1234"
     assert registry.entries[("fleet/base-python", "pinned")] == pinned  # the pinned release still names what it named
@@ -100,7 +100,7 @@ def test_the_publish_job_releases_what_the_jobs_pushed_and_nothing_when_one_fail
     registry = FakeRegistry()
     s = settings_for(fleet_dir, tmp_path)
     families = make_plan(fleet, families=["base-utils"])
-    pipeline.build(s, fleet, families, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs,
+    pipeline.build(s, fleet, families, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs, resolver=ServedApt(),
                    commit=COMMIT, publish_tags=False)  # fmt: skip
     assert ("fleet/base-utils", "latest") not in registry.entries  # the level jobs push by identity only
     with pytest.raises(BuildError, match="cannot be released") as exc:

@@ -37,7 +37,7 @@ from buildtool.adapters.setup import DEFAULT_MIRROR, ensure_host_packages, host_
 from buildtool.core import dpkg
 from buildtool.core.errors import BuildError, CommandError, LockError
 from buildtool.core.hashing import sha256, sha256_json
-from buildtool.model.types import UBUNTU_SUITES
+from buildtool.model.types import UBUNTU_SUITES, Archive
 
 log = logging.getLogger("buildtool.bootstrap")
 
@@ -60,20 +60,45 @@ ROLLING = {"sid", "unstable", "experimental"}
 # Ubuntu suites (model.UBUNTU_SUITES): one archive serves every pocket; tini is in universe.
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
 UBUNTU_KEYRING = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
+# The snapshot archives: every state of Debian's and Ubuntu's archives, by time.
+DEBIAN_SNAPSHOTS = "https://snapshot.debian.org"
+UBUNTU_SNAPSHOTS = "https://snapshot.ubuntu.com"
+NO_ARCHIVE = Archive()
+# Where a root's own archive keyring is kept inside it, so that apt in its builder stages trusts it.
+ROOT_KEYRING = "etc/apt/trusted.gpg.d/fleet-archive.gpg"
 UNSERVED = re.compile(r"^E: Version '(?P<version>[^']+)' for '(?P<package>[^']+)' was not found$", re.M)
 UNKNOWN = re.compile(r"^E: Unable to locate package (?P<package>\S+)$", re.M)
 
 
-def sources(suite: str) -> list[str]:
-    """apt source lines for ``suite`` (with its updates and security archives), on the host's mirrors."""
-    if suite in UBUNTU_SUITES:
-        return [f"deb {UBUNTU_MIRROR} {suite}{pocket} main universe" for pocket in ("", "-updates", "-security")]
-    debian = host_mirror("debian") or DEFAULT_MIRROR
-    lines = [f"deb {debian} {suite} main"]
+def sources(suite: str, archive: Archive = NO_ARCHIVE) -> list[str]:
+    """apt source lines for ``suite`` with its updates and security pockets: from ``archive``'s
+    snapshot time (snapshot.debian.org's or snapshot.ubuntu.com's URL layout), else its mirrors,
+    else the host's mirrors and the distributions' own. Values come validated from the model."""
+    ubuntu = suite in UBUNTU_SUITES
+    if archive.snapshot:
+        base = archive.snapshot_mirror or (UBUNTU_SNAPSHOTS if ubuntu else DEBIAN_SNAPSHOTS)
+        main = f"{base}/ubuntu/{archive.snapshot}" if ubuntu else f"{base}/archive/debian/{archive.snapshot}"
+        security = main if ubuntu else f"{base}/archive/debian-security/{archive.snapshot}"
+    elif ubuntu:
+        main = security = archive.mirror or UBUNTU_MIRROR
+    else:
+        main = archive.mirror or host_mirror("debian") or DEFAULT_MIRROR
+        security = archive.security or host_mirror("debian-security") or DEFAULT_SECURITY
+    if ubuntu:
+        return [f"deb {main if pocket != '-security' else security} {suite}{pocket} main universe" for pocket in ("", "-updates", "-security")]
+    lines = [f"deb {main} {suite} main"]
     if suite not in ROLLING:
-        security = host_mirror("debian-security") or "http://deb.debian.org/debian-security"
-        lines += [f"deb {debian} {suite}-updates main", f"deb {security} {suite}-security main"]
+        lines += [f"deb {main} {suite}-updates main", f"deb {security} {suite}-security main"]
     return lines
+
+
+def keyring(suite: str, archive: Archive, root: Path) -> Path:
+    """The keyring that signs ``archive``: its own (a file of the repository at ``root``), else the distribution's."""
+    if archive.keyring:
+        return root / archive.keyring
+    return Path(UBUNTU_KEYRING if suite in UBUNTU_SUITES else DEBIAN_KEYRING)
 
 
 def includes(suite: str, variant: str, packages: Sequence[str], builder_packages: Sequence[str]) -> list[str]:
@@ -92,17 +117,34 @@ def _hook(name: str) -> str:
     return str(resources.files("buildtool.adapters") / "hooks" / name)
 
 
-def mmdebstrap_argv(*, suite: str, variant: str, packages: Sequence[str], keep: Sequence[str], pins: Path | None, prefs: Path | None, out: Path) -> list[str]:
+def mmdebstrap_argv(
+    *,
+    suite: str,
+    variant: str,
+    packages: Sequence[str],
+    keep: Sequence[str],
+    pins: Path | None,
+    prefs: Path | None,
+    out: Path,
+    archive: Archive = NO_ARCHIVE,
+    keyring: Path | None = None,
+) -> list[str]:
     """The mmdebstrap command line that writes the ``variant`` root of ``suite`` to ``out``.
 
     ``packages`` are the includes (``name=version`` when locked); ``keep`` the runtime root's
-    packages whose closure stays; ``pins``/``prefs`` the lock as dpkg.py check and apt read them.
+    packages whose closure stays; ``pins``/``prefs`` the lock as dpkg.py check and apt read them;
+    ``archive`` where the packages come from, signed by ``keyring`` when it has its own (copied
+    into the root, so apt in the builder stages trusts it too).
     """
     q = shlex.quote
     dpkg_py = q(dpkg.__file__)
     argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
-    if suite in UBUNTU_SUITES:
+    if archive.snapshot:  # a snapshot's Release files are past their Valid-Until by design; kept for the builder stages' apt
+        argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
+    if keyring is not None and archive.keyring:
+        argv += ["--skip=check/signed-by", f'--setup-hook=mkdir -p "$1/{os.path.dirname(ROOT_KEYRING)}" && cp {q(str(keyring))} "$1/{ROOT_KEYRING}"']
+    elif suite in UBUNTU_SUITES:
         argv.append(f"--keyring={UBUNTU_KEYRING}")
     if merged_usr(suite):
         argv.append(f"--hook-dir={MERGED_USR_HOOKS}")
@@ -116,7 +158,7 @@ def mmdebstrap_argv(*, suite: str, variant: str, packages: Sequence[str], keep: 
         strip = f'sh {q(_hook("runtime-strip.sh"))} "$1" {q(sys.executable)} {dpkg_py} ' + " ".join(q(k) for k in sorted(keep))
         argv += [f"--customize-hook={strip}", "--skip=cleanup/apt"]
     argv.append(f"--customize-hook={CLEANUP}")
-    return [*argv, suite, str(out), *sources(suite)]
+    return [*argv, suite, str(out), *sources(suite, archive)]
 
 
 def _preferences(pins: Mapping[str, str]) -> str:
@@ -141,12 +183,15 @@ def bootstrap_rootfs(
     pins: Mapping[str, str] | None,
     out: Path,
     source_date_epoch: int,
+    archive: Archive = NO_ARCHIVE,
+    keyring: Path | None = None,
 ) -> Path:
     """Write the ``variant`` root of ``suite`` to ``out``; return ``out``.
 
     ``pins`` is the lock section of this root (every package it installs, name -> version);
-    ``None`` installs the archive's current versions (tests of the bootstrap itself). Skipped
-    when ``out`` exists and its sidecar ``out.sha256`` holds the digest of these inputs.
+    ``None`` installs the archive's current versions (tests of the bootstrap itself). ``archive``
+    and ``keyring``: where from (:func:`sources`, :func:`keyring`). Skipped when ``out`` exists
+    and its sidecar ``out.sha256`` holds the digest of these inputs.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown root variant {variant!r}")
@@ -159,7 +204,8 @@ def bootstrap_rootfs(
         "variant": variant,
         "requested": requested,
         "keep": sorted(packages),
-        "sources": sources(suite),
+        "sources": sources(suite, archive),
+        **({"keyring": sha256(keyring.read_bytes())} if keyring is not None and archive.keyring else {}),
         "dpkg_opts": DPKG_OPTS,
         "cleanup": CLEANUP,
         "hooks": {name: sha256(data) for name, data in hooks.items()},
@@ -184,7 +230,8 @@ def bootstrap_rootfs(
         atomic_write(prefs_path, _preferences(pins))
     log.info("bootstrapping the %s root of %s: %s", variant, suite, ", ".join(wanted))
     started = time.monotonic()
-    argv = mmdebstrap_argv(suite=suite, variant=variant, packages=requested, keep=packages, pins=pins_path, prefs=prefs_path, out=partial)
+    argv = mmdebstrap_argv(suite=suite, variant=variant, packages=requested, keep=packages, pins=pins_path, prefs=prefs_path, out=partial,
+                           archive=archive, keyring=keyring)  # fmt: skip
     env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)}
     try:
         host.run(host.as_root(argv, env), env=env, timeout=1800)  # --mode=root: through sudo for a CI runner's user

@@ -102,23 +102,29 @@ def render(args: argparse.Namespace) -> int:
 
 def _apt_cache(run: settings.Settings) -> Path:
     """The state dir's apt index cache, where OS locks are resolved."""
-    from buildtool.adapters.files import owned_dir
-
     pipeline.prepare_state(run)
-    return owned_dir(run.state_dir / "apt", repo=run.root, what="apt index cache")
+    return pipeline.apt_cache(run)
 
 
 def lock(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
     run = settings_of(args, fleet)
+    if args.locked and not args.check:
+        raise UsageError("--locked goes with --check (a build takes --locked itself)")
     if args.check:
         # What the stamps show first (offline, nothing written); then both kinds are resolved again.
         problems = locking.verify(fleet) + oslock.verify(fleet)
-        problems = problems or locking.check(fleet, ca_bundle=run.ca_bundle) + oslock.check(fleet, cache=_apt_cache(run))
+        replaced: list[str] = []
+        if not problems:
+            checked = oslock.check(fleet, cache=_apt_cache(run), locked=args.locked)
+            problems, replaced = locking.check(fleet, ca_bundle=run.ca_bundle) + checked.problems, checked.replaced
+        for line in replaced:  # the archive moved on, not the lock: what `refresh` and a forwarding build move
+            warning(line)
         if problems:
             raise LockError("locks do not match their inputs:\n" + "\n".join(f"  - {p}" for p in problems))
+        aside = f" ({len(replaced)} with versions the archive replaced)" if replaced else ""
         console.print(f"all {len(locking.targets(fleet))} Python locks and {len(oslock.os_targets(fleet))} OS package locks "
-                      "match their inputs and a fresh resolution of them")  # fmt: skip
+                      f"match their inputs and a fresh resolution of them{aside}")  # fmt: skip
         return 0
     total = time.monotonic()
     families = set(fleet.families)
@@ -168,7 +174,7 @@ def build(args: argparse.Namespace) -> int:
     run_settings = settings_of(args, fleet)
     rows = ((s.key, s.repository + (f" ({s.machine})" if s.machine else "")) for s in the_plan.steps)
     with Progress(rows) as progress:
-        run = pipeline.build(run_settings, fleet, the_plan, progress=progress, publish_tags=not args.no_publish)
+        run = pipeline.build(run_settings, fleet, the_plan, progress=progress, publish_tags=not args.no_publish, locked=args.locked)
     built = run.count("built")
     console.print(f"{len(run.results)} images in {run.seconds:.1f}s: {built} built, {run.count('cached')} unchanged (identity already in the registry)")
     if built == 0:
@@ -180,6 +186,12 @@ def build(args: argparse.Namespace) -> int:
         show_sizes(run.sizes)
     for note in run.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
+    if run.forwarded:
+        paths = sorted({m.path for m in run.forwarded})
+        console.print(f"forwarded {len(run.forwarded)} OS package(s) the archive replaced, in {', '.join(paths)} (commit them, or run "
+                      f"`nox -s refresh`):", highlight=False)  # fmt: skip
+        for move in run.forwarded:
+            console.print(f"  {move.path}: {move.line()}", highlight=False, markup=False)
     return 0
 
 

@@ -63,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("lock", help="hash-lock family and service requirements (stable: unchanged inputs keep their pins)")
     p.add_argument("names", nargs="*", help="families or services to resolve again (default: those whose inputs changed)")
     p.add_argument("--check", action="store_true", help="fail unless every lock matches its inputs and a fresh resolution of them")
+    p.add_argument("--locked", action="store_true", help="with --check: a version the archive no longer serves fails it too (the refresh workflow's mode)")
     p.add_argument("--engine", choices=ENGINES, default="uv")
     p.add_argument("--upgrade", action="store_true", help="resolve every lock from scratch: move every pin to the newest that fits")
     p.add_argument("--upgrade-package", action="append", default=[], metavar="NAME", help="move this package's pin (repeatable)")
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, help="images built at once (default: 2)")
     p.add_argument("--vuln-policy", choices=("auto", "enforce", "warn"), help="the gate's policy (default: FLEET_VULN_POLICY, then auto)")
     p.add_argument("--no-publish", action="store_true", help="push by identity only; the release is a later `publish` (CI's last job)")
+    p.add_argument("--locked", action="store_true", help="refuse OS locks the archive no longer serves (default: forward them to what it serves now)")
     p.set_defaults(func=commands.build)
 
     p = sub.add_parser("publish", help="release images pushed by identity (CI's last job), and report on them")

@@ -62,6 +62,10 @@ class Progress:
                 took = f" ({self.seconds[key]:.1f}s)" if key in self.seconds else ""
                 console.print(f"[{status:>9}] {self.labels[key]}{took}{' - ' + detail if detail else ''}")
 
+    def note(self, text: str) -> None:
+        """A line of what the run did besides building (a lock it forwarded), printed as it happens."""
+        console.print(text, highlight=False, markup=False)
+
     def _table(self) -> Table:
         table = Table(title="build", expand=False)
         for col in ("image", "status", "time", "detail"):

@@ -24,10 +24,10 @@ from buildtool.adapters import host
 from buildtool.adapters.bootstrap import relock_hint, unserved
 from buildtool.adapters.files import owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
-from buildtool.adapters.registry import read_manifests
 from buildtool.core import stopping
 from buildtool.core.errors import BuildError, Interrupted, LockError, ToolError, VerifyError
 from buildtool.execute.gate import Verdict
+from buildtool.execute.lookup import found, lookup
 from buildtool.execute.roots import Bootstrapper, rootfs
 from buildtool.execute.security import Security, registry_sbom
 from buildtool.execute.structure import structure_checks
@@ -36,7 +36,6 @@ from buildtool.settings import Settings
 
 APP_USER = "10001:10001"
 CANCEL_GRACE = 5.0  # seconds the workers get to end once their processes are gone
-LOOKUPS = 16  # registry requests in flight at once when looking images up
 log = logging.getLogger("buildtool.execute")
 
 
@@ -49,9 +48,11 @@ class GateFailure(VerifyError):
 
 
 class Progress(Protocol):
-    """Where the executor reports each step's status (the command line shows it)."""
+    """Where a run reports each step's status, and what it did besides (the command line shows it)."""
 
     def update(self, key: str, status: str, detail: str = "") -> None: ...
+
+    def note(self, text: str) -> None: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,22 +110,10 @@ class Executor:
     # -- scheduling -------------------------------------------------------------------------
 
     def lookup(self) -> None:
-        """Fetch every image's identity manifest (and each root's builder) at once, concurrently:
-        the one registry request per image that decides built or cached; the steps, the gate and
-        the report read them from the client's memory."""
-        refs = [(self.settings.ref(s.repository).path, s.id_tag) for s in self.plan.steps]
-        refs += [(self.settings.ref(s.builder_repository).path, s.id_tag) for s in self.plan.steps if s.root is not None]
-        read_manifests(self.registry, refs, at_once=LOOKUPS)
+        lookup(self.plan, self.settings, self.registry)
 
     def _found(self, step: Step) -> tuple[str | None, str | None]:
-        """(image digest, builder digest) by identity, as looked up: None where missing; a step
-        that is not a root has no builder ("")."""
-        image = self.registry.manifest(self.settings.ref(step.repository).path, step.id_tag)
-        digest = image.digest if image else None
-        if step.root is None:
-            return digest, ""
-        builder = self.registry.manifest(self.settings.ref(step.builder_repository).path, step.id_tag)
-        return digest, builder.digest if builder else None
+        return found(step, self.settings, self.registry)
 
     def run(self) -> list[Result]:
         pending = list(self.plan.steps)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from buildtool.adapters.bootstrap import keyring
 from buildtool.core.errors import BuildError, CommandError
 from buildtool.core.hashing import sha256_json
 from buildtool.plan.plan import Step
@@ -22,14 +23,16 @@ def rootfs(step: Step, settings: Settings, bootstrap: Bootstrapper) -> dict[str,
     out = {}
     for variant, name in ROOTFS.items():
         pins = dict(step.root_pins.get(f"root-{variant}", ()))
+        archive = step.root.archive
         spec = sha256_json([step.root.suite, variant, list(step.root.packages), list(step.root.builder_packages), sorted(pins.items()),
-                            settings.source_date_epoch])[:16]  # fmt: skip
+                            settings.source_date_epoch, *([archive.declared()] if archive.declared() else [])])[:16]  # fmt: skip
         tar = settings.state_dir / "rootfs" / f"{step.root.suite}-{variant}-{spec}.tar"
         tar.parent.mkdir(parents=True, exist_ok=True)
         try:
             out[name] = bootstrap(suite=step.root.suite, variant=variant, packages=list(step.root.packages),
                                   builder_packages=list(step.root.builder_packages), pins=pins, out=tar,
-                                  source_date_epoch=settings.source_date_epoch)  # fmt: skip
+                                  source_date_epoch=settings.source_date_epoch, archive=archive,
+                                  keyring=keyring(step.root.suite, archive, settings.root))  # fmt: skip
         except CommandError as exc:
             apt = [line for line in exc.stderr.splitlines() if line.startswith("E:")][-3:] or exc.stderr.strip().splitlines()[-3:]
             raise BuildError(

@@ -7,29 +7,37 @@ the same way. Resolution is apt's own, run on the host against the archive
 (:mod:`buildtool.locking.apt`), so a lock is what the build installs; the build checks it again.
 
 Like the Python locks: :func:`verify` reads stamps only; :func:`check` re-resolves with the
-locked versions and fails when the archive no longer serves one or the result differs;
-:func:`lock` keeps existing versions unless asked to move them (``upgrade``,
-``upgrade_packages``). Relocking is explicit: nothing moves a version on its own.
+locked versions and fails when the result differs; :func:`lock` keeps existing versions unless
+asked to move them (``upgrade``, ``upgrade_packages``, ``release``: names per lock).
+
+Debian and Ubuntu replace a security update in place, so a locked version goes unserved within
+days unless the root reads a snapshot archive. :func:`unserved` finds such versions in the
+archive's indexes; a build forwards them (``release``: each moves to what the archive serves
+now, nothing else moves) or, with ``--locked``, refuses; ``lock --check`` reports them, and
+fails on them only with ``--locked`` (the refresh workflow's mode).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
-from buildtool.adapters.bootstrap import includes, merged_usr, relock_hint
+from buildtool.adapters.bootstrap import includes, keyring, merged_usr, relock_hint
 from buildtool.adapters.files import atomic_write, inside_repo
 from buildtool.core.errors import LockError, UnservedVersion
 from buildtool.core.hashing import sha256_json
 from buildtool.locking import apt
 from buildtool.model.locks import INPUTS_KEY, stamp
 from buildtool.model.oslocks import ARCHIVE_KEY, OsLock, Pins, format_os_lock, os_lock_path, parse_os_lock
-from buildtool.model.types import Fleet
+from buildtool.model.types import Archive, Fleet
 
 COMMAND = "nox -s lock"
+REFRESH = "nox -s refresh"
 # Bump when what a section means changes (the resolver's rules, the bootstrap's variants).
 RULES = "1"
 
@@ -40,6 +48,43 @@ class OsTarget:
     path: str
     suite: str
     sections: tuple[str, ...]
+    archive: Archive = field(default_factory=Archive)  # its root's
+    keyring: Path | None = None  # the archive's own keyring (None: the distribution's)
+
+    def source(self) -> dict[str, object]:
+        """Where apt reads this lock's archive: the keywords of the resolver's calls."""
+        return {"suite": self.suite, "source": self.archive, "keyring": self.keyring}
+
+
+class Apt(Protocol):
+    """What OS locking asks apt (the host's: :mod:`buildtool.locking.apt`; tests fake it). Each
+    call names its archive (``suite``, ``source``, ``keyring``) and reads its lists once per run."""
+
+    def resolve_root(self, *, include: Sequence[str], merged_usr: bool, pins: Mapping[str, str], cache: Path, **source: object) -> apt.Resolution: ...
+
+    def resolve_added(self, *, base: Mapping[str, str], install: Sequence[str], pins: Mapping[str, str], cache: Path, **source: object) -> apt.Resolution: ...
+
+    def unserved(self, *, pins: Mapping[str, str], cache: Path, **source: object) -> list[tuple[str, str]]: ...
+
+    def pockets(self, *, packages: Iterable[tuple[str, str]], cache: Path, **source: object) -> dict[tuple[str, str], str]: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Move:
+    """One package of a lock that moved: ``old`` "" when it is new, ``new`` "" when it went."""
+
+    path: str
+    family: str
+    package: str
+    old: str
+    new: str
+    pocket: str = ""  # where the archive serves ``new``
+    reason: str = ""  # why it moved: the archive replaced it, an advisory fixed in ``new``, ...
+
+    def line(self) -> str:
+        where = f" ({self.pocket})" if self.pocket else ""
+        why = f": {self.reason}" if self.reason else ""
+        return f"{self.package} {self.old or '(new)'} -> {self.new or '(removed)'}{where}{why}"
 
 
 def os_targets(fleet: Fleet, names: Iterable[str] | None = None) -> list[OsTarget]:
@@ -51,7 +96,8 @@ def os_targets(fleet: Fleet, names: Iterable[str] | None = None) -> list[OsTarge
         if sections and (wanted is None or family.name in wanted):
             root = fleet.root_of(family.name).root
             assert root is not None
-            out.append(OsTarget(family=family.name, path=os_lock_path(family.name), suite=root.suite, sections=sections))
+            own = keyring(root.suite, root.archive, fleet.root) if root.archive.keyring else None
+            out.append(OsTarget(family=family.name, path=os_lock_path(family.name), suite=root.suite, sections=sections, archive=root.archive, keyring=own))
     return out
 
 
@@ -65,6 +111,8 @@ def _inputs(fleet: Fleet, t: OsTarget, locks: Mapping[str, OsLock]) -> dict[str,
     root = fleet.root_of(t.family)
     assert root.root is not None
     data: dict[str, object] = {"rules": RULES, "suite": t.suite, "sections": list(t.sections)}
+    if t.archive.declared():  # a mirror or snapshot of the fleet's choosing (the default archive changes nothing)
+        data["archive"] = t.archive.declared()
     if fam.root:
         data["includes"] = {v: includes(t.suite, v, fam.root.packages, fam.root.builder_packages) for v in ("builder", "runtime")}
         data["merged_usr"] = merged_usr(t.suite)
@@ -125,9 +173,6 @@ def verify(fleet: Fleet, names: Iterable[str] | None = None) -> list[str]:
     return [p for t in os_targets(fleet, names) if (p := problem(fleet, t, fleet.os_locks, fleet.lock_faults))]
 
 
-Resolver = Callable[..., apt.Resolution]
-
-
 @dataclass(frozen=True, kw_only=True)
 class Resolved:
     sections: dict[str, Pins]
@@ -135,32 +180,23 @@ class Resolved:
     apt: str
 
 
-def resolve(
-    fleet: Fleet,
-    t: OsTarget,
-    locks: Mapping[str, OsLock],
-    *,
-    keep: Mapping[str, str],
-    cache: Path,
-    resolve_root: Resolver = apt.resolve_root,
-    resolve_added: Resolver = apt.resolve_added,
-) -> Resolved:
+def resolve(fleet: Fleet, t: OsTarget, locks: Mapping[str, OsLock], *, keep: Mapping[str, str], cache: Path, resolver: Apt = apt) -> Resolved:
     """Resolve every section of ``t``; ``keep`` (name -> version) are the versions to hold where they still fit."""
     fam = fleet.families[t.family]
     results: dict[str, apt.Resolution] = {}
     if fam.root:
         for variant in ("builder", "runtime"):
             wanted = includes(t.suite, variant, fam.root.packages, fam.root.builder_packages)
-            results[f"root-{variant}"] = resolve_root(suite=t.suite, include=wanted, merged_usr=merged_usr(t.suite), pins=keep, cache=cache)
+            results[f"root-{variant}"] = resolver.resolve_root(include=wanted, merged_usr=merged_usr(t.suite), pins=keep, cache=cache, **t.source())
     else:
         root_lock = locks[os_lock_path(fleet.root_of(t.family).name)]
         base = root_lock.pins("root-builder")
         if "runtime" in t.sections:
             pins = {**keep, **_inherited(fleet, t.family, locks)}
-            results["runtime"] = resolve_added(suite=t.suite, base=base, install=_runtime_request(fleet, t.family), pins=pins, cache=cache)
+            results["runtime"] = resolver.resolve_added(base=base, install=_runtime_request(fleet, t.family), pins=pins, cache=cache, **t.source())
         if "builder" in t.sections:
             assert fam.builder is not None
-            results["builder"] = resolve_added(suite=t.suite, base=base, install=list(fam.builder.os_packages), pins=keep, cache=cache)
+            results["builder"] = resolver.resolve_added(base=base, install=list(fam.builder.os_packages), pins=keep, cache=cache, **t.source())
     archives: dict[str, str] = {}
     for r in results.values():
         archives.update(dict(r.archives))
@@ -185,6 +221,7 @@ class OsOutcome:
     resolved: bool
     seconds: float
     packages: int
+    moves: tuple[Move, ...] = ()  # the packages whose version changed (pocket of the new one)
 
 
 def lock(
@@ -194,14 +231,14 @@ def lock(
     cache: Path,
     upgrade: bool = False,
     upgrade_packages: Iterable[str] = (),
-    resolve_root: Resolver = apt.resolve_root,
-    resolve_added: Resolver = apt.resolve_added,
+    release: Mapping[str, Iterable[str]] | None = None,
+    resolver: Apt = apt,
 ) -> list[OsOutcome]:
     """Bring every OS lock up to date (parents first), moving only what must move; write those that changed.
 
     A lock is resolved again when it is missing, stale or edited, named, pins one of
-    ``upgrade_packages``, or ``upgrade`` is set; its versions are kept unless ``upgrade`` or
-    named in ``upgrade_packages``.
+    ``upgrade_packages`` or of its ``release`` entry (lock path -> names), or ``upgrade`` is set;
+    its versions are kept unless ``upgrade`` or named in those.
     """
     named = set(names or ())
     released = set(upgrade_packages)
@@ -211,57 +248,127 @@ def lock(
     for t in os_targets(fleet):
         current = locks.get(t.path)
         pins = current.pins(*t.sections) if current else {}
-        if not (upgrade or t.family in named or released & set(pins) or problem(fleet, t, locks, faults)):
+        freed = released | set((release or {}).get(t.path, ()))
+        if not (upgrade or t.family in named or freed & set(pins) or problem(fleet, t, locks, faults)):
             outcomes.append(OsOutcome(target=t, changed=False, resolved=False, seconds=0.0, packages=len(pins)))
             continue
         start = time.monotonic()
-        keep = {} if upgrade else {n: v for n, v in pins.items() if n not in released}
+        keep = {} if upgrade else {n: v for n, v in pins.items() if n not in freed}
         try:
-            resolved = resolve(fleet, t, locks, keep=keep, cache=cache, resolve_root=resolve_root, resolve_added=resolve_added)
+            resolved = resolve(fleet, t, locks, keep=keep, cache=cache, resolver=resolver)
         except UnservedVersion as exc:
             gone = sorted({name for name, _ in exc.packages})
             raise LockError(f"{t.path}: {exc.message}; move those pins explicitly with {relock_hint(gone)}") from exc
         text = render(fleet, t, locks, resolved)
         changed = current is None or _packages(current.text) != _packages(text) or current.edited() or problem(fleet, t, locks, faults) is not None
+        moves: tuple[Move, ...] = ()
         if changed:
             atomic_write(inside_repo(fleet.root, t.path), text)
             locks[t.path] = parse_os_lock(t.path, text)
             faults.pop(t.path, None)
+            moves = _moves(t, pins, locks[t.path].pins(*t.sections), cache, resolver) if current is not None else ()
         outcomes.append(OsOutcome(target=t, changed=changed, resolved=True, seconds=time.monotonic() - start,
-                                  packages=len(locks[t.path].pins(*t.sections))))  # fmt: skip
+                                  packages=len(locks[t.path].pins(*t.sections)), moves=moves))  # fmt: skip
     return outcomes
 
 
-def check(fleet: Fleet, *, cache: Path, resolve_root: Resolver = apt.resolve_root, resolve_added: Resolver = apt.resolve_added) -> list[str]:
-    """:func:`verify`, then re-resolve every OS lock with its versions held: the archive must still
-    serve each one and the packages must come out the same (the archive's dates may move)."""
+def _moves(t: OsTarget, old: Mapping[str, str], new: Mapping[str, str], cache: Path, resolver: Apt) -> tuple[Move, ...]:
+    """What changed between two versions of a lock, each new version with the pocket serving it."""
+    changed = sorted(n for n in {*old, *new} if old.get(n) != new.get(n))
+    pockets = resolver.pockets(packages=[(n, new[n]) for n in changed if n in new], cache=cache, **t.source()) if changed else {}
+    return tuple(Move(path=t.path, family=t.family, package=n, old=old.get(n, ""), new=new.get(n, ""), pocket=pockets.get((n, new.get(n, "")), ""))
+                 for n in changed)  # fmt: skip
+
+
+def unserved(fleet: Fleet, wanted: Mapping[str, Iterable[str]], *, cache: Path, resolver: Apt = apt) -> dict[str, list[tuple[str, str]]]:
+    """The locked versions the archive no longer serves, by lock: ``wanted`` maps a lock path to
+    the sections read (the archive's indexes are read once per run). A child lock's root sections
+    count too where the child has some: resolving it again reads its root's builder versions."""
+    targets = {t.path: t for t in os_targets(fleet)}
+    out: dict[str, list[tuple[str, str]]] = {}
+    for path, sections in wanted.items():
+        t, lock = targets[path], fleet.os_locks[path]
+        gone = resolver.unserved(pins=lock.pins(*sections), cache=cache, **t.source())
+        if gone:
+            out[path] = sorted(gone)
+    for path in list(out):
+        root = os_lock_path(fleet.root_of(targets[path].family).name)
+        if root != path and root not in out:
+            base = resolver.unserved(pins=fleet.os_locks[root].pins("root-builder"), cache=cache, **targets[root].source())
+            if base:
+                out[root] = sorted(base)
+    return out
+
+
+def describe(fleet: Fleet, gone: Mapping[str, Sequence[tuple[str, str]]]) -> list[str]:
+    """A line per lock naming its versions the archive no longer serves."""
+    targets = {t.path: t for t in os_targets(fleet)}
+    return [f"{path}: " + ", ".join(f"{p} {v}" for p, v in pairs) + f" no longer served by the {targets[path].suite} archive" for path, pairs in gone.items()]
+
+
+def forward(fleet: Fleet, gone: Mapping[str, Sequence[tuple[str, str]]], *, cache: Path, resolver: Apt = apt, reason: str = "") -> list[Move]:
+    """Move exactly the ``gone`` versions of each lock to what the same suite serves now (the
+    children of a moved root are resolved again against it, their versions kept); every move,
+    with the pocket serving the new version."""
+    why = reason or "no longer served by the archive"
+    outcomes = lock(fleet, cache=cache, release={path: [name for name, _ in pairs] for path, pairs in gone.items()}, resolver=resolver)
+    freed = {(path, name) for path, pairs in gone.items() for name, _ in pairs}
+    return [dataclasses.replace(m, reason=why if (m.path, m.package) in freed else "moved with them") for o in outcomes for m in o.moves]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Checked:
+    problems: list[str]  # the lock is wrong: it fails the check
+    replaced: list[str] = field(default_factory=list)  # locked versions the archive no longer serves (a problem only ``locked``)
+
+
+def check(fleet: Fleet, *, cache: Path, resolver: Apt = apt, locked: bool = False) -> Checked:
+    """:func:`verify`, then re-resolve every OS lock with its versions held: the packages must
+    come out the same (the archive's dates may move). Versions the archive no longer serves are
+    released for that resolution and reported in ``replaced``; with ``locked`` they are problems."""
     problems = verify(fleet)
     if problems:
-        return problems
+        return Checked(problems=problems)
+    replaced: list[str] = []
     for t in os_targets(fleet):
         lock = fleet.os_locks[t.path]
+        held = lock.pins(*t.sections)
+        gone = dict(resolver.unserved(pins=held, cache=cache, **t.source()))
+        if gone:
+            what = ", ".join(f"{p} {v}" for p, v in sorted(gone.items()))
+            replaced.append(f"{t.path}: {what} no longer served by the {t.suite} archive; `{REFRESH}` moves them (a build without --locked forwards them)")
         try:
-            resolved = resolve(fleet, t, fleet.os_locks, keep=lock.pins(*t.sections), cache=cache, resolve_root=resolve_root,
-                               resolve_added=resolve_added)  # fmt: skip
-        except UnservedVersion as exc:
-            gone = sorted({name for name, _ in exc.packages})
-            problems.append(f"{t.path}: {exc.message}; relock explicitly with {relock_hint(gone)}")
+            resolved = resolve(fleet, t, fleet.os_locks, keep={n: v for n, v in held.items() if n not in gone}, cache=cache, resolver=resolver)
+        except UnservedVersion as exc:  # a version of the root this child builds on
+            replaced.append(f"{t.path}: {exc.message}; `{REFRESH}` moves them")
             continue
         except LockError as exc:  # the held versions no longer fit together (a hand edit, a changed archive)
             reason = exc.message.strip()
             problems.append(f"{t.path}: its versions cannot be installed together any more:\n    {reason}\n    relock with `{COMMAND} -- {t.family}`")
             continue
-        fresh = render(fleet, t, fleet.os_locks, resolved)
-        if _packages(fresh) != _packages(lock.text):
-            diff = [line for line in difflib.unified_diff(_packages(lock.text), _packages(fresh), lineterm="", n=0) if line[:1] in "+-"]
+        fresh = _packages(render(fleet, t, fleet.os_locks, resolved))
+        ours = _packages(lock.text)
+        if gone:  # the released packages may move, and bring or drop dependencies; what both hold must be the same
+            kept = _common(fresh, ours, gone)
+            fresh, ours = ([line for line in lines if line in kept or "=" not in line] for lines in (fresh, ours))
+        if fresh != ours:
+            diff = [line for line in difflib.unified_diff(ours, fresh, lineterm="", n=0) if line[:1] in "+-"]
             shown = "\n".join(f"      {line}" for line in diff[2:14])
             problems.append(f"{t.path}: differs from a fresh resolution with its versions held:\n{shown}\n    run `{COMMAND} -- {t.family}`")
-    return problems
+    return Checked(problems=problems + (replaced if locked else []), replaced=[] if locked else replaced)
 
 
 def _packages(text: str) -> list[str]:
     """The sections and package lines of a lock (what a resolution decides; not its header)."""
     return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+def _common(fresh: list[str], ours: list[str], released: Iterable[str]) -> set[str]:
+    """The package lines of packages both texts hold, the released ones left out (each line
+    compared as a whole: a version that differs shows in the diff)."""
+    names = lambda lines: {line.split("=", 1)[0] for line in lines if "=" in line}  # noqa: E731
+    both = (names(fresh) & names(ours)) - set(released)
+    return {line for line in fresh + ours if "=" in line and line.split("=", 1)[0] in both}
 
 
 def require(fleet: Fleet, names: Iterable[str] | None = None) -> None:

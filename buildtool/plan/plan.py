@@ -130,6 +130,7 @@ def _family_step(fleet: Fleet, family: Family, machine: str, parent: Step | None
             "machine": machine if specific else None,
             "context": rendered.digest(),
             "root": [root.source, root.image if root.source == "image" else "", root.suite, list(root.packages), list(root.builder_packages)]
+            + ([root.archive.declared()] if root.archive.declared() else [])
             if root
             else None,
             # A bootstrapped root is its OS lock; children's locked packages are in their Dockerfiles.
@@ -293,3 +294,12 @@ def make_plan(
                 steps[step.key] = step
     ordered = [s for s in steps.values() if s.kind == "family"] + [s for s in steps.values() if s.kind == "service"]
     return Plan(steps=tuple(ordered), machines=machine_names)
+
+
+def replan(fleet: Fleet, plan: Plan) -> Plan:
+    """The same images planned again on a changed fleet (a lock moved): the same steps, their
+    identities from the fleet as it is now."""
+    keys = {s.key for s in plan.steps}
+    again = make_plan(fleet, machines=plan.machines, families={s.name for s in plan.steps if s.kind == "family"},
+                      services={s.name for s in plan.steps if s.kind == "service"})  # fmt: skip
+    return Plan(steps=tuple(s for s in again.steps if s.key in keys), machines=plan.machines)
