@@ -20,14 +20,16 @@ the same tar bytes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shlex
 import sys
 import tarfile
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -142,8 +144,9 @@ def mmdebstrap_argv(
     argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
     if archive.snapshot:  # a snapshot's Release files are past their Valid-Until by design; kept for the builder stages' apt
         argv.append('--aptopt=Acquire::Check-Valid-Until "false"')
-    if keyring is not None and archive.keyring:
-        argv += ["--skip=check/signed-by", f'--setup-hook=mkdir -p "$1/{os.path.dirname(ROOT_KEYRING)}" && cp {q(str(keyring))} "$1/{ROOT_KEYRING}"']
+    if keyring is not None and archive.keyring:  # mmdebstrap's apt reads --keyring; apt in the root later, the copy
+        argv += ["--skip=check/signed-by", f"--keyring={keyring}",
+                 f'--setup-hook=mkdir -p "$1/{os.path.dirname(ROOT_KEYRING)}" && cp {q(str(keyring))} "$1/{ROOT_KEYRING}"']  # fmt: skip
     elif suite in UBUNTU_SUITES:
         argv.append(f"--keyring={UBUNTU_KEYRING}")
     if merged_usr(suite):
@@ -230,13 +233,14 @@ def bootstrap_rootfs(
         atomic_write(prefs_path, _preferences(pins))
     log.info("bootstrapping the %s root of %s: %s", variant, suite, ", ".join(wanted))
     started = time.monotonic()
-    argv = mmdebstrap_argv(suite=suite, variant=variant, packages=requested, keep=packages, pins=pins_path, prefs=prefs_path, out=partial,
-                           archive=archive, keyring=keyring)  # fmt: skip
     env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)}
-    try:
-        host.run(host.as_root(argv, env), env=env, timeout=1800)  # --mode=root: through sudo for a CI runner's user
-    except CommandError as exc:
-        raise _explain(exc, suite) from exc
+    with _readable(keyring if archive.keyring else None) as key:
+        argv = mmdebstrap_argv(suite=suite, variant=variant, packages=requested, keep=packages, pins=pins_path, prefs=prefs_path, out=partial,
+                               archive=archive, keyring=key)  # fmt: skip
+        try:
+            host.run(host.as_root(argv, env), env=env, timeout=1800)  # --mode=root: through sudo for a CI runner's user
+        except CommandError as exc:
+            raise _explain(exc, suite) from exc
     if os.geteuid() != 0:  # the tarball is root's; the build context hard-links it
         host.run(host.as_root(["chown", f"{os.getuid()}:{os.getgid()}", str(partial)]))
     late = unclamped(partial, source_date_epoch)
@@ -249,6 +253,23 @@ def bootstrap_rootfs(
     atomic_write(sidecar, digest + "\n")
     log.info("root filesystem %s: %.0f MB in %.0fs", out, out.stat().st_size / 1e6, time.monotonic() - started)
     return out
+
+
+@contextlib.contextmanager
+def _readable(keyring: Path | None) -> Iterator[Path | None]:
+    """A copy of ``keyring`` that apt's download sandbox (user _apt) can read, wherever the
+    repository is (a home folder is not); removed afterwards."""
+    if keyring is None:
+        yield None
+        return
+    fd, name = tempfile.mkstemp(prefix="fleet-archive-", suffix=".gpg", dir="/tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(keyring.read_bytes())
+        os.chmod(name, 0o644)
+        yield Path(name)
+    finally:
+        os.unlink(name)
 
 
 def unclamped(tarball: Path, epoch: int) -> list[str]:

@@ -34,9 +34,18 @@ def rootfs(step: Step, settings: Settings, bootstrap: Bootstrapper) -> dict[str,
                                   source_date_epoch=settings.source_date_epoch, archive=archive,
                                   keyring=keyring(step.root.suite, archive, settings.root))  # fmt: skip
         except CommandError as exc:
-            apt = [line for line in exc.stderr.splitlines() if line.startswith("E:")][-3:] or exc.stderr.strip().splitlines()[-3:]
+            apt = _apt_errors(exc.stderr) or exc.stderr.strip().splitlines()[-3:]
             raise BuildError(
                 f"families/{step.name}.toml: root: bootstrapping the {variant} root of {step.root.suite} failed; "
                 f"check that root.suite is reachable and each of root.packages exists in it:\n" + "\n".join(apt)
             ) from exc
     return out
+
+
+def _apt_errors(stderr: str) -> list[str]:
+    """apt's own reasons in mmdebstrap's output: its E:, W: and Err: lines and the lines that
+    explain an Err: (a missing key, an unreachable mirror), not the command lines mmdebstrap echoes."""
+    lines = stderr.splitlines()
+    keep = [i for i, line in enumerate(lines) if line.startswith(("E:", "W:", "Err:"))]
+    keep += [i + 1 for i in keep if lines[i].startswith("Err:") and i + 1 < len(lines) and lines[i + 1].startswith("  ")]
+    return [lines[i][:300] for i in sorted(set(keep))][-8:]

@@ -37,13 +37,14 @@ def settings_for(root: Path, org: str, **env: str) -> settings.Settings:
     return settings.from_sources(load_fleet(root), {"FLEET_ORG": org, "FLEET_STATE_DIR": str(state_dir()), **env})
 
 
-def run_build(run_settings: settings.Settings, *services: str, tag: str, **selection: object) -> int:
+def run_build(run_settings: settings.Settings, *services: str, tag: str, locked: bool = False, progress: QuietProgress | None = None,
+              **selection: object) -> int:  # fmt: skip
     """Build as `nox -s build` would; the exit code the command line would give."""
     fleet = load_fleet(run_settings.root)
     run_settings = dataclasses.replace(run_settings, root=fleet.root)
     try:
         plan = make_plan(fleet, services=services, **selection)
-        pipeline.build(run_settings, fleet, plan, progress=QuietProgress(), tag=tag)
+        pipeline.build(run_settings, fleet, plan, progress=progress or QuietProgress(), tag=tag, locked=locked)
     except ToolError as exc:
         print(exc.message)
         return exc.exit_code
