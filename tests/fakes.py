@@ -184,6 +184,9 @@ class ServedApt:
     def pockets(self, *, packages, cache, **source) -> dict[tuple[str, str], str]:
         return {}
 
+    def stanzas(self, *, pins, cache, **source) -> tuple[str, list[str]]:
+        return "12", [f"Package: {n}\nVersion: {v}\nArchitecture: amd64" for n, v in sorted(pins.items())]
+
     def resolve_root(self, **kw):
         raise AssertionError("nothing is resolved when every version is served")
 

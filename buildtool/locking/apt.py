@@ -84,7 +84,7 @@ def resolve_root(
     first, _ = _simulate(archive, PLACEHOLDER if merged else "", wanted, pins)
     installed = {name: new for name, (_, new) in first.items()}
     stanzas = _served(archive, installed.items())
-    second, removed = _simulate(archive, _status(stanzas.values()), [REQUIRED.format(**fill), *(_request(n, pins) for n in include)], pins)
+    second, removed = _simulate(archive, status(stanzas.values()), [REQUIRED.format(**fill), *(_request(n, pins) for n in include)], pins)
     installed |= {name: new for name, (_, new) in second.items()}
     for name in removed:
         installed.pop(name, None)
@@ -111,8 +111,8 @@ def resolve_added(
     pins = dict(pins or {})
     archive = aptsource.archive(suite, cache, source, keyring)
     stanzas = _served(archive, [*base.items(), *pins.items()])
-    status = _status(stanzas[(name, version)] for name, version in sorted(base.items()))
-    changes, removed = _simulate(archive, status, [_request(n, pins) for n in install], pins)
+    installed = status(stanzas[(name, version)] for name, version in sorted(base.items()))
+    changes, removed = _simulate(archive, installed, [_request(n, pins) for n in install], pins)
     changed = [f"change {name} {old} to {new}" for name, (old, new) in sorted(changes.items()) if old is not None]
     changed += [f"remove {name}" for name in removed]
     if changed:
@@ -127,6 +127,14 @@ def unserved(*, suite: str, pins: Mapping[str, str], cache: Path, source: Archiv
     except UnservedVersion as exc:
         return exc.packages
     return []
+
+
+def stanzas(*, suite: str, pins: Mapping[str, str], cache: Path, source: Archive = NO_ARCHIVE, keyring: Path | None = None) -> tuple[str, list[str]]:
+    """The suite's release number and the archive's stanza of each of ``pins`` (UnservedVersion
+    names those it lacks): what a dpkg status of these packages holds."""
+    archive = aptsource.archive(suite, cache, source, keyring)
+    found = _served(archive, pins.items())
+    return archive.release, [found[pair] for pair in sorted(pins.items())]
 
 
 def pockets(
@@ -175,7 +183,7 @@ def _served(archive: AptArchive, wanted: Iterable[tuple[str, str]]) -> dict[tupl
     return found
 
 
-def _status(stanzas: Iterable[str]) -> str:
+def status(stanzas: Iterable[str]) -> str:
     """A dpkg status file holding these archive stanzas as installed packages."""
     return "".join(re.sub(r"^(Package: \S+\n)", r"\1Status: install ok installed\n", raw, count=1) + "\n\n" for raw in stanzas)
 

@@ -50,6 +50,7 @@ class AptArchive:
     arch: str
     apt: str
     dates: tuple[tuple[str, str], ...]
+    release: str = ""  # the suite's release number, from its InRelease's Version field (12.12, 22.04); "" if it names none
 
     @property
     def conf(self) -> Path:
@@ -154,7 +155,7 @@ def archive(suite: str, cache: Path, source: Archive = NO_ARCHIVE, own_keyring: 
         if (root, listing) not in _updated:
             _update(root, suite, expired_ok=expired_ok)
             _updated.add((root, listing))
-    return AptArchive(suite=suite, root=root, arch=arch, apt=version, dates=tuple(dates(root, lines)))
+    return AptArchive(suite=suite, root=root, arch=arch, apt=version, dates=tuple(dates(root, lines)), release=_release(root, lines[0]))
 
 
 def _update(root: Path, suite: str, *, expired_ok: bool = False) -> None:
@@ -214,6 +215,15 @@ def dates(root: Path, lines: Iterable[str]) -> list[tuple[str, str]]:
             raise LockError(f"apt fetched no InRelease for {found['dist']} from {found['uri']} ({path.name} is missing)")
         out.append((found["dist"], snapshot_date(path.read_text(errors="replace"))))
     return out
+
+
+def _release(root: Path, line: str) -> str:
+    """The ``Version:`` of the InRelease of ``line``'s suite (Debian 12.12, Ubuntu 22.04)."""
+    found = _SOURCE.match(line)
+    assert found is not None
+    path = root / "var/lib/apt/lists" / list_name(found["uri"], found["dist"], "InRelease")
+    version = re.search(r"^Version: (\S+)$", path.read_text(errors="replace"), re.M) if path.is_file() else None
+    return version[1] if version else ""
 
 
 # -- single packages -----------------------------------------------------------------------------

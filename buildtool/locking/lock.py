@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,14 +77,16 @@ def lock(
     engine: str = "uv",
     upgrade: bool = False,
     upgrade_packages: Iterable[str] = (),
+    want: Mapping[str, Mapping[str, str]] | None = None,
     resolve: Resolve = resolver.resolve,
     ca_bundle: Path | None = None,
 ) -> list[Outcome]:
     """Bring every lock up to date, moving only what must move; write the ones that changed.
 
     A target is resolved again when its lock is missing, stale or edited, when it is named in
-    ``names``, when ``upgrade`` is set, or when it pins one of ``upgrade_packages``. Existing pins
-    are preferences unless ``upgrade``; ``upgrade_packages`` are released from theirs.
+    ``names``, when ``upgrade`` is set, when it pins one of ``upgrade_packages``, or when ``want``
+    (lock path -> {name: version}) moves one of its pins to another version. Existing pins are
+    preferences unless ``upgrade``; ``upgrade_packages`` are released from theirs.
 
     Targets resolve concurrently, a child against its parent's lock as it stands: a child's
     result is kept when its parent's lock ends up as that text (the common case, its parent's
@@ -92,7 +94,8 @@ def lock(
     does not. So a child always builds on its parent's final lock, as if they ran parents-first.
     """
     named = set(names or ())
-    wanted = {canonical(p) for p in upgrade_packages}
+    specs = {canonical(p.partition("==")[0].strip()): p for p in upgrade_packages}  # NAME, or NAME==VERSION: to that version
+    wanted = set(specs)
     locks: dict[str, Lock] = dict(fleet.locks)
     faults = dict(fleet.lock_faults)
     order = targets(fleet, named or None)
@@ -100,16 +103,19 @@ def lock(
     settled: dict[str, Outcome] = {}
     spent: dict[str, float] = {}
 
+    want = want or {}
+
     def needed(t: Target) -> bool:
         current = locks.get(t.path)
-        return bool(upgrade or t.name in named or wanted & set(current.pins if current else ()) or problem(t, locks, faults))
+        return bool(upgrade or t.name in named or wanted & set(current.pins if current else ()) or t.path in want or problem(t, locks, faults))
 
     def attempt(t: Target) -> tuple[str, str | None, float]:
         start = time.monotonic()
         current, parent = locks.get(t.path), locks.get(t.constraints) if t.constraints else None
         preferences = None if upgrade or current is None else current.text
         pins = set(current.pins) if current else set()
-        text = resolve(t, parent, engine=engine, preferences=preferences, upgrade_packages=sorted(wanted & pins), ca_bundle=ca_bundle)
+        moves = sorted(specs[n] for n in wanted & pins) + [f"{name}=={version}" for name, version in sorted(want.get(t.path, {}).items())]
+        text = resolve(t, parent, engine=engine, preferences=preferences, upgrade_packages=moves, ca_bundle=ca_bundle)
         return text, parent.text if parent else None, time.monotonic() - start
 
     def final(t: Target) -> bool:

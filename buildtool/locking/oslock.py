@@ -19,7 +19,6 @@ fails on them only with ``--locked`` (the refresh workflow's mode).
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from buildtool.adapters.bootstrap import includes, keyring, merged_usr, relock_hint
+from buildtool.adapters.bootstrap import includes, keyring, merged_usr
 from buildtool.adapters.files import atomic_write, inside_repo
 from buildtool.core.errors import LockError, UnservedVersion
 from buildtool.core.hashing import sha256_json
@@ -67,6 +66,8 @@ class Apt(Protocol):
     def unserved(self, *, pins: Mapping[str, str], cache: Path, **source: object) -> list[tuple[str, str]]: ...
 
     def pockets(self, *, packages: Iterable[tuple[str, str]], cache: Path, **source: object) -> dict[tuple[str, str], str]: ...
+
+    def stanzas(self, *, pins: Mapping[str, str], cache: Path, **source: object) -> tuple[str, list[str]]: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -231,34 +232,50 @@ def lock(
     cache: Path,
     upgrade: bool = False,
     upgrade_packages: Iterable[str] = (),
-    release: Mapping[str, Iterable[str]] | None = None,
+    want: Mapping[str, Mapping[str, str | None]] | None = None,
     resolver: Apt = apt,
 ) -> list[OsOutcome]:
     """Bring every OS lock up to date (parents first), moving only what must move; write those that changed.
 
     A lock is resolved again when it is missing, stale or edited, named, pins one of
-    ``upgrade_packages`` or of its ``release`` entry (lock path -> names), or ``upgrade`` is set;
-    its versions are kept unless ``upgrade`` or named in those.
+    ``upgrade_packages``, has a ``want`` entry (lock path -> {name: version to hold instead, or
+    None: what the archive serves now}), or ``upgrade`` is set. Its versions are kept, except
+    those ``upgrade``, ``upgrade_packages`` and ``want`` move, and those the archive no longer
+    serves, which move to what the same suite serves now (a child to resolve again reads its
+    root's versions: that root is resolved too).
     """
     named = set(names or ())
     released = set(upgrade_packages)
+    want = want or {}
     locks = dict(fleet.os_locks)
     faults = dict(fleet.lock_faults)
+    targets = os_targets(fleet)
+
+    def due(t: OsTarget) -> bool:
+        pins = locks[t.path].pins(*t.sections) if t.path in locks else {}
+        return bool(upgrade or t.family in named or released & set(pins) or t.path in want or problem(fleet, t, locks, faults))
+
+    by_path = {t.path: t for t in targets}
+    for t in [t for t in targets if due(t) and not fleet.families[t.family].root]:
+        root = by_path.get(os_lock_path(fleet.root_of(t.family).name))
+        if root is not None and root.path in locks and resolver.unserved(pins=locks[root.path].pins("root-builder"), cache=cache, **root.source()):
+            named.add(root.family)
     outcomes = []
-    for t in os_targets(fleet):
+    for t in targets:
         current = locks.get(t.path)
         pins = current.pins(*t.sections) if current else {}
-        freed = released | set((release or {}).get(t.path, ()))
-        if not (upgrade or t.family in named or freed & set(pins) or problem(fleet, t, locks, faults)):
+        if not due(t):
             outcomes.append(OsOutcome(target=t, changed=False, resolved=False, seconds=0.0, packages=len(pins)))
             continue
         start = time.monotonic()
-        keep = {} if upgrade else {n: v for n, v in pins.items() if n not in freed}
+        asked = want.get(t.path, {})
+        keep = {} if upgrade else {n: v for n, v in pins.items() if n not in released and n not in asked}
+        gone = {n for n, _ in resolver.unserved(pins=keep, cache=cache, **t.source())}
+        keep = {n: v for n, v in keep.items() if n not in gone} | {n: v for n, v in asked.items() if v}
         try:
             resolved = resolve(fleet, t, locks, keep=keep, cache=cache, resolver=resolver)
-        except UnservedVersion as exc:
-            gone = sorted({name for name, _ in exc.packages})
-            raise LockError(f"{t.path}: {exc.message}; move those pins explicitly with {relock_hint(gone)}") from exc
+        except UnservedVersion as exc:  # a version asked for that the archive does not serve
+            raise LockError(f"{t.path}: {exc.message}") from exc
         text = render(fleet, t, locks, resolved)
         changed = current is None or _packages(current.text) != _packages(text) or current.edited() or problem(fleet, t, locks, faults) is not None
         moves: tuple[Move, ...] = ()
@@ -266,18 +283,22 @@ def lock(
             atomic_write(inside_repo(fleet.root, t.path), text)
             locks[t.path] = parse_os_lock(t.path, text)
             faults.pop(t.path, None)
-            moves = _moves(t, pins, locks[t.path].pins(*t.sections), cache, resolver) if current is not None else ()
+            if current is not None:
+                why = {**dict.fromkeys(released | set(pins) if upgrade else released, "upgraded"), **dict.fromkeys(want.get(t.path, {}), "asked for"),
+                       **dict.fromkeys(gone, "no longer served by the archive")}  # fmt: skip
+                moves = _moves(t, pins, locks[t.path].pins(*t.sections), why, cache, resolver)
         outcomes.append(OsOutcome(target=t, changed=changed, resolved=True, seconds=time.monotonic() - start,
                                   packages=len(locks[t.path].pins(*t.sections)), moves=moves))  # fmt: skip
     return outcomes
 
 
-def _moves(t: OsTarget, old: Mapping[str, str], new: Mapping[str, str], cache: Path, resolver: Apt) -> tuple[Move, ...]:
-    """What changed between two versions of a lock, each new version with the pocket serving it."""
+def _moves(t: OsTarget, old: Mapping[str, str], new: Mapping[str, str], why: Mapping[str, str], cache: Path, resolver: Apt) -> tuple[Move, ...]:
+    """What changed between two versions of a lock, each new version with the pocket serving it and
+    why it moved (``why``; otherwise it moved with the packages that had to)."""
     changed = sorted(n for n in {*old, *new} if old.get(n) != new.get(n))
     pockets = resolver.pockets(packages=[(n, new[n]) for n in changed if n in new], cache=cache, **t.source()) if changed else {}
-    return tuple(Move(path=t.path, family=t.family, package=n, old=old.get(n, ""), new=new.get(n, ""), pocket=pockets.get((n, new.get(n, "")), ""))
-                 for n in changed)  # fmt: skip
+    return tuple(Move(path=t.path, family=t.family, package=n, old=old.get(n, ""), new=new.get(n, ""), pocket=pockets.get((n, new.get(n, "")), ""),
+                      reason=why.get(n, "moved with them")) for n in changed)  # fmt: skip
 
 
 def unserved(fleet: Fleet, wanted: Mapping[str, Iterable[str]], *, cache: Path, resolver: Apt = apt) -> dict[str, list[tuple[str, str]]]:
@@ -306,14 +327,13 @@ def describe(fleet: Fleet, gone: Mapping[str, Sequence[tuple[str, str]]]) -> lis
     return [f"{path}: " + ", ".join(f"{p} {v}" for p, v in pairs) + f" no longer served by the {targets[path].suite} archive" for path, pairs in gone.items()]
 
 
-def forward(fleet: Fleet, gone: Mapping[str, Sequence[tuple[str, str]]], *, cache: Path, resolver: Apt = apt, reason: str = "") -> list[Move]:
-    """Move exactly the ``gone`` versions of each lock to what the same suite serves now (the
-    children of a moved root are resolved again against it, their versions kept); every move,
-    with the pocket serving the new version."""
-    why = reason or "no longer served by the archive"
-    outcomes = lock(fleet, cache=cache, release={path: [name for name, _ in pairs] for path, pairs in gone.items()}, resolver=resolver)
-    freed = {(path, name) for path, pairs in gone.items() for name, _ in pairs}
-    return [dataclasses.replace(m, reason=why if (m.path, m.package) in freed else "moved with them") for o in outcomes for m in o.moves]
+def forward(fleet: Fleet, gone: Mapping[str, Sequence[tuple[str, str]]], *, cache: Path, resolver: Apt = apt) -> list[Move]:
+    """Resolve the locks with ``gone`` versions (:func:`unserved`) again: exactly those move, to
+    what the same suite serves now (the children of a moved root are resolved against it, their
+    versions kept); every move, with the pocket serving the new version."""
+    targets = {t.path: t for t in os_targets(fleet)}
+    outcomes = lock(fleet, {targets[path].family for path in gone}, cache=cache, resolver=resolver)
+    return [m for o in outcomes for m in o.moves]
 
 
 @dataclass(frozen=True, kw_only=True)
