@@ -69,6 +69,20 @@ def lock(session: nox.Session) -> None:
     _tool(session, "lock")
 
 
+@nox.session(default=False, tags=["maintenance"])
+def refresh(session: nox.Session) -> None:
+    """Relock what moved outside: OS versions the archive replaced, packages with a fixable HIGH/CRITICAL advisory; a Markdown summary."""
+    _install(session)
+    _tool(session, "refresh")
+
+
+@nox.session(default=False)
+def pull_request(session: nox.Session) -> None:
+    """Commit the changed locks to a branch and open or update its pull request (the refresh workflow's last step)."""
+    _install(session)
+    _tool(session, "pull-request")
+
+
 @nox.session
 def plan(session: nox.Session) -> None:
     """Print the ordered build plan with content identities. `-- --json` for tools; `-- --machine pc2` to filter."""

@@ -118,6 +118,13 @@ class Trivy:
         self._run(["image", *self._image(image), "--scanners", scanners, "--format", "json", "--output", str(out), *OFFLINE], what=f"scan {image}")
         return json.loads(out.read_text())
 
+    def scan_rootfs(self, folder: Path, out: Path) -> dict:
+        """Trivy's JSON report of the vulnerabilities of the packages a folder holds as a root
+        filesystem would (a dpkg status database, Python distributions' metadata): how the
+        refresh reads the advisories of locks without building their images."""
+        self._run(["rootfs", str(folder), "--scanners", "vuln", "--format", "json", "--output", str(out), *OFFLINE], what=f"scan {folder}")
+        return json.loads(out.read_text())
+
     def sbom(self, image: Path | str, out: Path) -> bytes:
         """A CycloneDX JSON SBOM of the image's OS and Python packages (no database needed)."""
         self._run(["image", *self._image(image), "--format", "cyclonedx", "--output", str(out), *OFFLINE], what=f"write the SBOM of {image}")

@@ -101,8 +101,12 @@ def render(args: argparse.Namespace) -> int:
 
 
 def _apt_cache(run: settings.Settings) -> Path:
-    """The state dir's apt index cache, where OS locks are resolved."""
+    """The state dir's apt index cache, where OS locks are resolved; a command reads each archive's
+    indexes once, fresh."""
+    from buildtool.locking import aptsource
+
     pipeline.prepare_state(run)
+    aptsource.new_run()
     return pipeline.apt_cache(run)
 
 
@@ -136,12 +140,17 @@ def lock(args: argparse.Namespace) -> int:
         took = f"{o.seconds:6.1f}s" if o.resolved else " " * 7
         console.print(f"{state:<20} {o.target.name:<28} {o.pins:>4} pins {took}  {o.target.path}")
     fleet = fleet_of(args)  # the OS locks of children build on their root's, which may just have moved
+    exact = dict(p.split("==", 1) for p in args.upgrade_package if "==" in p)  # NAME==VERSION: that version, in each lock pinning NAME
+    want = {t.path: {n: v for n, v in exact.items() if n in fleet.os_locks[t.path].pins(*t.sections)}
+            for t in oslock.os_targets(fleet) if t.path in fleet.os_locks}  # fmt: skip
     os_outcomes = oslock.lock(fleet, [n for n in args.names if n in families], cache=_apt_cache(run), upgrade=args.upgrade,
-                              upgrade_packages=args.upgrade_package)  # fmt: skip
+                              upgrade_packages=[p for p in args.upgrade_package if "==" not in p], want={k: v for k, v in want.items() if v})  # fmt: skip
     for o in os_outcomes:
         state = "locked" if o.changed else "resolved, unchanged" if o.resolved else "up to date"
         took = f"{o.seconds:6.1f}s" if o.resolved else " " * 7
         console.print(f"{state:<20} {o.target.family + ' (OS)':<28} {o.packages:>4} debs {took}  {o.target.path}")
+        for move in o.moves:
+            console.print(f"{'':<20} {move.line()}", highlight=False, markup=False)
     changed = sum(o.changed for o in outcomes) + sum(o.changed for o in os_outcomes)
     console.print(f"{changed} of {len(outcomes) + len(os_outcomes)} locks changed in {time.monotonic() - total:.2f}s ({args.engine}, apt)")
     return 0
@@ -341,4 +350,40 @@ def prune(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
     for line in pipeline.prune(settings_of(args, fleet), fleet, dry_run=args.dry_run, local=not args.registry_only):
         console.print(line)
+    return 0
+
+
+def refresh(args: argparse.Namespace) -> int:
+    """Move what the outside world moved since the locks were made; print and keep the summary."""
+    from buildtool import refresh as refreshing
+
+    fleet = fleet_of(args)
+    run = settings_of(args, fleet)
+    result = refreshing.refresh(run, fleet)
+    path = Path(args.summary) if args.summary else run.state_dir / "reports" / "refresh.md"
+    refreshing.write(result, path)
+    console.print(result.markdown(), highlight=False, markup=False)
+    step_summary(result.markdown())
+    console.print(f"{len(result.changes)} package(s) moved, {len(result.rebuilt)} image(s) to rebuild; summary: {path}")
+    return 0
+
+
+def pull_request(args: argparse.Namespace) -> int:
+    """Commit the changed locks to a branch, push it, and open or update its one pull request."""
+    from buildtool.adapters.github import PullRequests
+    from buildtool.ci.pull import propose
+
+    fleet = fleet_of(args)
+    env = {k: os.environ.get(k, "") for k in ("GITHUB_TOKEN", "GITHUB_REPOSITORY", "GITHUB_API_URL", "GITHUB_SERVER_URL")}
+    missing = [k for k in ("GITHUB_TOKEN", "GITHUB_REPOSITORY") if not env[k]]
+    if missing:
+        raise UsageError(f"pull-request runs in the refresh workflow and needs {' and '.join(missing)} in its environment")
+    body = Path(args.body_file).read_text(encoding="utf-8", errors="replace")
+    api = PullRequests(env["GITHUB_API_URL"] or "https://api.github.com", env["GITHUB_REPOSITORY"], env["GITHUB_TOKEN"])
+    done = propose(fleet.root, branch=args.branch, base=args.base, title=args.title, body=body, remote=args.remote,
+                   server_url=env["GITHUB_SERVER_URL"] or "https://github.com", token=env["GITHUB_TOKEN"], api=api)  # fmt: skip
+    if done.action == "none":
+        console.print("the locks did not move: no pull request to open or update")
+    else:
+        console.print(f"{done.action} pull request #{done.number} ({done.url}) with {len(done.files)} lock file(s) on {args.branch}")
     return 0

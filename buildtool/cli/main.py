@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--locked", action="store_true", help="with --check: a version the archive no longer serves fails it too (the refresh workflow's mode)")
     p.add_argument("--engine", choices=ENGINES, default="uv")
     p.add_argument("--upgrade", action="store_true", help="resolve every lock from scratch: move every pin to the newest that fits")
-    p.add_argument("--upgrade-package", action="append", default=[], metavar="NAME", help="move this package's pin (repeatable)")
+    p.add_argument("--upgrade-package", action="append", default=[], metavar="NAME[==VERSION]",
+                   help="move this package's pin, to the newest that fits or to VERSION (repeatable)")  # fmt: skip
     p.set_defaults(func=commands.lock)
 
     p = sub.add_parser("build", help="build, verify, push and publish images")
@@ -109,6 +110,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry-only", action="store_true", help="only the registry org (what the scheduled workflow runs)")
     p.add_argument("--keep-releases", type=int, help="release tags kept per image (default: 5)")
     p.set_defaults(func=commands.prune)
+
+    p = sub.add_parser("refresh", help="move OS versions the archive replaced and packages with a fixable HIGH/CRITICAL advisory; a summary")
+    p.add_argument("--summary", help="write the Markdown summary here (default: STATE_DIR/reports/refresh.md; refresh.json beside it)")
+    p.add_argument("--vuln-policy", choices=("auto", "enforce", "warn"), help="enforce: no advisory database is an error (the refresh workflow's)")
+    p.set_defaults(func=commands.refresh)
+
+    p = sub.add_parser("pull-request", help="commit the changed locks to a branch and open or update its one pull request (GitHub's API)")
+    p.add_argument("--body-file", required=True, help="the pull request's text (the refresh summary)")
+    p.add_argument("--branch", default="fleet/refresh")
+    p.add_argument("--base", default="main")
+    p.add_argument("--remote", default="origin")
+    p.add_argument("--title", default="Refresh the locks: what the archive replaced and what fixable advisories move")
+    p.set_defaults(func=commands.pull_request)
 
     p = sub.add_parser("workflow", help="write .github/workflows/build.yml from the build plan")
     p.add_argument("--check", action="store_true", help="fail when the committed workflow differs from the generated one")

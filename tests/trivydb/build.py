@@ -27,6 +27,7 @@ GOCODE = "/usr/share/gocode"  # where Debian's golang-*-dev packages put their s
 
 def compile_writer(work_dir: Path) -> Path:
     """The writer binary, compiled once per version of writer.go."""
+    work_dir = work_dir.absolute()  # GOPATH entries must be absolute
     binary = work_dir / f"trivydb-writer-{sha256(WRITER.read_bytes())[:16]}"
     if binary.is_file():
         return binary
