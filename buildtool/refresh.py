@@ -103,13 +103,9 @@ def refresh(settings: Settings, fleet: Fleet, *, scanner: Scanner | None = None,
     problems = pylock.verify(fleet) + oslock.verify(fleet)
     if problems:
         raise LockError("the locks do not match their inputs; lock them first (`nox -s lock`):\n" + "\n".join(f"  - {p}" for p in problems))
-    pipeline.prepare_state(settings)
-    cache = pipeline.apt_cache(settings)
-    aptsource.new_run()
     before = {s.key: (s.repository, s.identity) for s in make_plan(fleet, all_families=True, all_services=True).steps}
-    targets_os = oslock.os_targets(fleet)
-    gone = oslock.unserved(fleet, {t.path: t.sections for t in targets_os}, cache=cache, resolver=resolver)
-    changes = [_change(m) for m in oslock.forward(fleet, gone, cache=cache, resolver=resolver)] if gone else []
+    changes = archive_moves(settings, fleet, resolver=resolver)
+    cache = pipeline.apt_cache(settings)
     fleet = load_fleet(fleet.root)
     scanner = scanner or Trivy(settings.state_dir / "trivy")
     db = _database(settings, scanner)
@@ -125,6 +121,16 @@ def refresh(settings: Settings, fleet: Fleet, *, scanner: Scanner | None = None,
     after = make_plan(fleet, all_families=True, all_services=True).steps
     rebuilt = [s.repository for s in after if before.get(s.key, ("", ""))[1] != s.identity]
     return Refresh(changes=changes, held=held, rebuilt=rebuilt, database=db, notes=notes)
+
+
+def archive_moves(settings: Settings, fleet: Fleet, *, resolver: oslock.Apt = apt) -> list[Change]:
+    """Forward every OS lock's versions the archive no longer serves (all of them, as a build
+    forwards those it installs from); what moved. The archive's indexes are read afresh."""
+    pipeline.prepare_state(settings)
+    cache = pipeline.apt_cache(settings)
+    aptsource.new_run()
+    gone = oslock.unserved(fleet, {t.path: t.sections for t in oslock.os_targets(fleet)}, cache=cache, resolver=resolver)
+    return [_change(m) for m in oslock.forward(fleet, gone, cache=cache, resolver=resolver)] if gone else []
 
 
 def _named(held: list[str], a: Advisory) -> bool:

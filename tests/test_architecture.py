@@ -28,6 +28,7 @@ RANKS = {
     "pipeline": 8,
     "bake": 9,
     "repro": 9,
+    "refresh": 9,
     "ci": 9,
     "bench": 10,
     "cli": 11,

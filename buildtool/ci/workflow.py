@@ -33,6 +33,8 @@ HEADER = """\
 # then one publish job that moves release tags only when every job succeeded. Build jobs push by
 # identity only. Repository variables: FLEET_REGISTRY (default ghcr.io), FLEET_ORG (default the
 # owner, lower-cased), FLEET_TRIVY_DB_REPOSITORY, FLEET_CI_GROUPS, FLEET_CI_SERVICES (a subset).
+# Build jobs are --locked: an OS lock the archive no longer serves fails them, naming the refresh
+# (refresh.yml proposes it daily as a pull request).
 name: build
 
 on:
@@ -148,7 +150,7 @@ def _level_job(index: int, steps: list[Step], fleet: Fleet) -> str:
         "        run: |\n",
         "          set -euo pipefail\n",
         f"          {ORG}\n",
-        '          nox -s build -- --org "$org" --families-only --family "$FAMILY" ${MACHINE:+--machine "$MACHINE"} --no-publish\n',
+        '          nox -s build -- --org "$org" --families-only --family "$FAMILY" ${MACHINE:+--machine "$MACHINE"} --no-publish --locked\n',
     ]
     return "".join(out)
 
@@ -180,7 +182,8 @@ def _services_job(after: int, fleet: Fleet) -> str:
             "          set -euo pipefail\n",
             f"          {ORG}\n",
             '          read -ra selection <<< "$FLEET_CI_SERVICES"\n',
-            '          nox -s build -- --org "$org" --machine "$MACHINE" --within-groups "$FLEET_CI_GROUPS" --skip-unplaced --no-publish "${selection[@]}"\n',
+            '          nox -s build -- --org "$org" --machine "$MACHINE" --within-groups "$FLEET_CI_GROUPS" --skip-unplaced --no-publish --locked'
+            ' "${selection[@]}"\n',
         ]
     )
 
