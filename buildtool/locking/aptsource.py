@@ -109,6 +109,8 @@ def _keyring(suite: str, own: Path | None) -> str:
     if own is not None:
         if not own.is_file():
             raise LockError(f"the archive keyring {own} is missing")
+        if re.search(r"[\s\]\"]", str(own.absolute())):  # it becomes an option of a sources.list line: [signed-by=PATH]
+            raise LockError(f"apt cannot read the keyring at {str(own.absolute())!r}: its path holds a space, a quote or ']'; move the checkout")
         return str(own.absolute())
     path, package = (UBUNTU_KEYRING, "ubuntu-keyring") if suite in UBUNTU_SUITES else (DEBIAN_KEYRING, "debian-archive-keyring")
     if not Path(path).is_file():
