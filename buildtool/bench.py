@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildtool import bake, pipeline
+from buildtool import bake, pipeline, refresh
 from buildtool.adapters import host
 from buildtool.adapters.bootstrap import bootstrap_rootfs
 from buildtool.adapters.engine import Docker
@@ -147,6 +147,8 @@ class Bench:
         _copy_fleet(settings.root, self.root)
         stamp = int(time.time())
         self.settings = dataclasses.replace(settings, root=self.root, org=f"bench-{stamp}", state_dir=self.state / "state", scan=False)
+        # Both sides build from the copy's locks: what the archive replaced moves first, as a build would move it.
+        refresh.archive_moves(self.settings, load_fleet(self.root))
         self.cold = dataclasses.replace(self.settings, org=f"bench-{stamp}-cold", cache=False)
         self.quick = quick
         self.progress = progress

@@ -103,19 +103,21 @@ def apt_cache(settings: Settings) -> Path:
     return owned_dir(settings.state_dir / "apt", repo=settings.root, what="apt index cache")
 
 
-def forward_locks(settings: Settings, fleet: Fleet, plan: Plan, registry: Registry, *, locked: bool, progress: Progress,
+def forward_locks(settings: Settings, fleet: Fleet, plan: Plan, registry: Registry | None, *, locked: bool, progress: Progress,
                   resolver: oslock.Apt = apt) -> tuple[Fleet, Plan, list[oslock.Move]]:  # fmt: skip
     """The OS locks the plan's images install from, checked against the archive's indexes (read
-    once per run) before anything is built; an image already in the registry installs nothing
-    and is not checked. Versions the archive no longer serves (Debian and Ubuntu replace security
-    updates in place) are forwarded: each moves to what the same suite serves now, the lock is
-    rewritten, and the plan made again. ``locked``: refused instead (LockError), nothing built.
-    Returns the fleet and plan to build, and every move."""
+    once per run) before anything is built; an image already in ``registry`` installs nothing
+    and is not checked (no registry: every image is built, as by bake). Versions the archive no
+    longer serves (Debian and Ubuntu replace security updates in place) are forwarded: each moves
+    to what the same suite serves now, the lock is rewritten, and the plan made again.
+    ``locked``: refused instead (LockError), nothing built. Returns the fleet and plan to build,
+    and every move."""
     cache = apt_cache(settings)
     aptsource.new_run()
     moves: list[oslock.Move] = []
     for _ in range(len(fleet.families) + 1):  # a moved root is rebuilt: its own sections are read next
-        wanted = {os_lock_path(s.name): fleet.os_lock_sections(s.name) for s in to_build(plan, settings, registry) if s.kind == "family"}
+        building = plan.steps if registry is None else to_build(plan, settings, registry)
+        wanted = {os_lock_path(s.name): fleet.os_lock_sections(s.name) for s in building if s.kind == "family"}
         gone = oslock.unserved(fleet, {path: sections for path, sections in wanted.items() if sections}, cache=cache, resolver=resolver)
         if not gone:
             break

@@ -140,7 +140,8 @@ def mmdebstrap_argv(
     """
     q = shlex.quote
     dpkg_py = q(dpkg.__file__)
-    argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar", "--quiet"]
+    # Not --quiet: it hides apt's own errors (a missing key, a version the archive no longer serves).
+    argv = ["mmdebstrap", "--variant=minbase", "--mode=root", "--format=tar"]
     argv += [f"--dpkgopt={opt}" for opt in DPKG_OPTS]
     if archive.snapshot:  # a snapshot's Release files are past their Valid-Until by design; kept for the builder stages' apt
         argv.append('--aptopt=Acquire::Check-Valid-Until "false"')

@@ -267,6 +267,10 @@ def bake(args: argparse.Namespace) -> int:
     run_settings = settings_of(args, fleet)
     out = out_dir(args, fleet, "bake", "bake --out")
     pipeline.prepare_state(run_settings)
+    from buildtool.cli.progress import Progress
+
+    with Progress((), live=False) as progress:  # bake builds every target: the OS locks of all of them are read, and forwarded
+        fleet, the_plan, _ = pipeline.forward_locks(run_settings, fleet, the_plan, None, locked=False, progress=progress)
     path = baking.write(the_plan, run_settings, out, bootstrap=lambda step: rootfs(step, run_settings, bootstrap_rootfs))
     console.print(f"wrote {path} ({len(the_plan.steps)} targets); build with: docker buildx bake -f {path}")
     return 0
