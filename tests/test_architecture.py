@@ -109,11 +109,11 @@ def test_modules_are_small() -> None:
     assert sizes["buildtool.__main__"] < 200 and sizes["buildtool.cli.main"] < 200
 
 
-def test_one_module_runs_programs_and_one_speaks_http() -> None:
+def test_one_module_runs_programs_and_two_speak_http_registry_and_github() -> None:
     programs = [m for m, p in modules().items() if stdlib_imports(p) & {"subprocess", "os.system"}]
     http = [m for m, p in modules().items() if stdlib_imports(p) & {"urllib.request", "http.client", "requests", "httpx", "urllib3"}]
     assert programs == ["buildtool.adapters.host"]
-    assert http == ["buildtool.adapters.registry"]
+    assert sorted(http) == ["buildtool.adapters.github", "buildtool.adapters.registry"]
 
 
 def test_python_on_whales_only_behind_the_engine_adapter() -> None:
