@@ -7,14 +7,17 @@ builds nothing never loads it. Tests replace this class with a fake of
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from buildtool.adapters.files import disk_full
 from buildtool.adapters.protocols import Built
@@ -54,19 +57,76 @@ sys.exit(1 if failures else 0)
 """
 
 
-def oci_archive_manifest(archive: Path) -> Built:
-    """The image manifest's digest and layer sizes of a single-image OCI archive."""
-    with tarfile.open(archive) as tar:
+SMALL_BLOB = 1 << 20  # index and manifests are kept from the stream; layers only pass through
 
-        def read(name: str) -> dict:
-            member = tar.extractfile(name)
-            if member is None:
-                raise BuildError(f"{archive}: {name} is missing from the OCI archive")
-            return json.load(member)
 
-        descriptor = read("index.json")["manifests"][0]
-        manifest = read("blobs/" + descriptor["digest"].replace(":", "/"))
-    return Built(digest=descriptor["digest"], layers=tuple(int(layer["size"]) for layer in manifest["layers"]))
+def _build_and_load(argv: list[str], out: BinaryIO, load_argv: Sequence[str] = ("docker", "load", "--quiet")) -> tuple[Built | None, str]:
+    """Run the build (``argv`` writes an OCI archive to stdout, its log to ``out``) and pipe that
+    archive straight into ``docker load``: no copy of the image on disk. The archive's index and
+    manifest are read as they pass. Returns (what was built, ""), or (None, why): the build failed
+    (its reasons are the end of ``out``) or docker load did (its output)."""
+    build = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out)
+    load = subprocess.Popen(list(load_argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert build.stdout is not None and load.stdin is not None
+    small: dict[str, bytes] = {}
+    tee = _Tee(build.stdout, load.stdin)
+    try:
+        with tarfile.open(fileobj=tee, mode="r|", bufsize=SMALL_BLOB) as tar:
+            for member in tar:
+                if member.isfile() and member.size <= SMALL_BLOB and (member.name == "index.json" or member.name.startswith("blobs/")):
+                    data = tar.extractfile(member)
+                    small[member.name] = data.read() if data else b""
+        while tee.read(SMALL_BLOB):  # the archive's end blocks, for docker load
+            pass
+    except (tarfile.TarError, OSError):
+        pass  # the build failed or was stopped (its log says why), or docker load ended
+    finally:
+        with contextlib.suppress(OSError):
+            load.stdin.close()
+        if tee.broken:
+            build.kill()
+        build.stdout.close()
+    assert load.stdout is not None
+    with load.stdout:
+        said = load.stdout.read().decode(errors="replace").strip()
+    load.wait()
+    built_ok = build.wait() == 0
+    if tee.broken or (built_ok and load.returncode != 0):
+        return None, f"docker load of the built image failed:\n{said[-3000:] or f'exit status {load.returncode}'}"
+    if not built_ok:
+        return None, ""
+    built = _manifest(small)
+    return (built, "") if built else (None, "the built OCI archive holds no readable index and image manifest")
+
+
+def _manifest(small: Mapping[str, bytes]) -> Built | None:
+    """The image manifest's digest and layer sizes from an OCI archive's index and blobs."""
+    try:
+        descriptor = json.loads(small["index.json"])["manifests"][0]
+        manifest = json.loads(small["blobs/" + descriptor["digest"].replace(":", "/")])
+        return Built(digest=descriptor["digest"], layers=tuple(int(layer["size"]) for layer in manifest["layers"]))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+class _Tee(io.RawIOBase):
+    """Reads from ``src`` and writes what it read to ``dst`` (until ``dst`` breaks)."""
+
+    def __init__(self, src: BinaryIO, dst: BinaryIO) -> None:
+        self.src, self.dst, self.broken = src, dst, False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        n = self.src.readinto(buffer)
+        if n and not self.broken:
+            try:
+                self.dst.write(memoryview(buffer)[:n])
+            except OSError:
+                self.broken = True
+                raise
+        return n or 0
 
 
 def _labels(ref: str) -> dict[str, str]:
@@ -89,7 +149,11 @@ def _failed(what: str, exc: DockerException, detail: str = "", *, answers: Calla
     """A failed engine call in the terms the user acts on: the engine (its client says so, or it no
     longer ``answers``) or the registry stopped answering (EngineError: the next run brings them
     back), or the step itself failed (BuildError)."""
-    text = _tail(exc)
+    return _failed_text(what, _tail(exc), detail, answers=answers)
+
+
+def _failed_text(what: str, text: str, detail: str = "", *, answers: Callable[[], bool] = lambda: True) -> Exception:
+    """:func:`_failed` for a command whose output is ``text`` (its last lines)."""
     if any(m in text for m in ENGINE_GONE) or not answers():
         return EngineError(f"the Docker engine stopped answering during {what}; nothing was published. The next run starts it again "
                            "(or start dockerd yourself), and resumes from what was pushed")  # fmt: skip
@@ -139,38 +203,24 @@ class Docker:
         already. ``cache_ref`` None builds from scratch: no BuildKit cache, no registry cache.
         Not pushed: images are pushed after verification.
         """
-        archive = log.with_name(log.name + ".oci.tar")
-        cache = {} if cache_ref is None else {
-            "cache_from": f"type=registry,ref={cache_ref}",
-            "cache_to": f"type=registry,ref={cache_ref},mode=max,ignore-error=true",
-        }  # fmt: skip
-        try:
-            stream = self.client.buildx.build(
-                context,
-                file=context / "Dockerfile",
-                target=target,
-                build_args=dict(build_args),
-                secrets=list(secrets),
-                network="host",
-                cache=cache_ref is not None,
-                labels=dict(labels),
-                output={"type": "oci", "dest": str(archive), "name": tag, **({"rewrite-timestamp": "true"} if rewrite_timestamps else {})},
-                provenance=False,
-                progress="plain",
-                stream_logs=True,
-                **cache,
-            )
-            with log.open("w", encoding="utf-8", buffering=1) as fh:
-                for line in stream:
-                    fh.write(line)
-            built = oci_archive_manifest(archive)
-            self.client.image.load(archive, quiet=True)
-        except _docker_exception() as exc:
-            if not _tail(exc):
-                raise BuildError(f"build of {tag} failed (log: {log}):\n{log.read_text()[-3000:]}") from exc
-            raise _failed(f"build of {tag}", exc, f" (log: {log})", answers=self.answers) from exc
-        finally:
-            archive.unlink(missing_ok=True)
+        argv = ["docker", "buildx", "build", "--file", str(context / "Dockerfile"), "--network", "host", "--provenance=false", "--progress=plain",
+                "--output", ",".join(["type=oci", "dest=-", f"name={tag}", *(["rewrite-timestamp=true"] if rewrite_timestamps else [])])]  # fmt: skip
+        argv += ["--target", target] if target else []
+        for flag, pairs in (("--build-arg", build_args), ("--label", labels)):
+            for key, value in pairs.items():
+                argv += [flag, f"{key}={value}"]
+        for secret in secrets:
+            argv += ["--secret", secret]
+        if cache_ref is None:
+            argv.append("--no-cache")
+        else:
+            argv += ["--cache-from", f"type=registry,ref={cache_ref}", "--cache-to", f"type=registry,ref={cache_ref},mode=max,ignore-error=true"]
+        argv.append(str(context))
+        with log.open("wb") as out:
+            built, why = _build_and_load(argv, out)
+        if built is None:
+            text = why or "\n".join(log.read_text(errors="replace").strip().splitlines()[-30:])
+            raise _failed_text(f"build of {tag}", text, f" (log: {log})", answers=self.answers)
         return built
 
     def answers(self) -> bool:

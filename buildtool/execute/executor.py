@@ -9,6 +9,7 @@ pushed only after its image passed verification). Release tags are the publisher
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import Protocol
 
 from buildtool.adapters import host
 from buildtool.adapters.bootstrap import relock_hint, unserved
-from buildtool.adapters.files import owned_dir, write_context
+from buildtool.adapters.files import disk_full, owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core import stopping
 from buildtool.core.errors import BuildError, Interrupted, LockError, ToolError, VerifyError
@@ -218,6 +219,8 @@ class Executor:
         except Exception as exc:
             log.debug("step %s failed", step.key, exc_info=True)
             message = f"{type(exc).__name__}: {exc}"
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the toolkit's own write (a log, a context, a scan)
+                message = f"{step.repository}: {disk_full(Path(exc.filename) if exc.filename else self.settings.state_dir)}"
         return Result(key=step.key, repository=step.repository, status="failed", seconds=time.monotonic() - start, message=message)
 
     # -- one image --------------------------------------------------------------------------
