@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from buildtool.adapters import host
 from buildtool.adapters.files import disk_full
 from buildtool.adapters.protocols import Built
 from buildtool.core.errors import BuildError, EngineError, VerifyError
@@ -65,8 +65,8 @@ def _build_and_load(argv: list[str], out: BinaryIO, load_argv: Sequence[str] = (
     archive straight into ``docker load``: no copy of the image on disk. The archive's index and
     manifest are read as they pass. Returns (what was built, ""), or (None, why): the build failed
     (its reasons are the end of ``out``) or docker load did (its output)."""
-    build = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out)
-    load = subprocess.Popen(list(load_argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    build = host.spawn(argv, stdin=host.DEVNULL, stdout=host.PIPE, stderr=out)
+    load = host.spawn(load_argv, stdin=host.PIPE, stdout=host.PIPE, stderr=host.STDOUT)
     assert build.stdout is not None and load.stdin is not None
     small: dict[str, bytes] = {}
     tee = _Tee(build.stdout, load.stdin)
@@ -250,8 +250,6 @@ class Docker:
 
     def prune_build_cache(self, keep: str) -> str:
         """Drop BuildKit cache beyond ``keep`` (e.g. "20gb"); what buildx says it freed."""
-        from buildtool.adapters import host
-
         out = host.run(["docker", "buildx", "prune", "--force", "--keep-storage", keep], timeout=1800).stdout
         return (out.strip().splitlines() or [""])[-1]
 

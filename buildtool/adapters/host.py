@@ -17,6 +17,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 from buildtool.core.errors import CommandError, MissingToolError
 
@@ -27,6 +28,18 @@ Daemon = subprocess.Popen[bytes]
 # Daemons started by this process. They outlive it on purpose; holding the handles keeps Popen
 # from warning that they still run when the handle is collected.
 _daemons: list[Daemon] = []
+
+
+PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
+
+
+def spawn(argv: Sequence[str], *, stdin: int | None = None, stdout: int | IO[bytes] | None = None, stderr: int | IO[bytes] | None = None) -> Daemon:
+    """Start ``argv`` with its streams as given (bytes); the caller reads, writes and waits. For
+    programs whose output is streamed elsewhere as it comes (a build's image into ``docker load``)."""
+    if shutil.which(argv[0]) is None:
+        raise MissingToolError(f"'{argv[0]}' is not installed or not on PATH (needed for: {' '.join(argv)})")
+    log.debug("$ %s", " ".join(argv))
+    return subprocess.Popen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr)
 
 
 def which(program: str) -> str | None:
