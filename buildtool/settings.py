@@ -19,6 +19,8 @@ FLEET_VULN_POLICY          auto (default), enforce or warn (flag ``--vuln-policy
 FLEET_TRIVY_DB             a prepared Trivy database folder (trivy.db + metadata.json)
 FLEET_TRIVY_DB_REPOSITORY  where to download Trivy's database from (refreshed daily)
 FLEET_STEP_TIME_LIMIT      seconds every build, check or push step may take (default: time_limit_minutes)
+FLEET_CACHE_MODE           what a build exports to the registry cache: min (the image's own layers;
+                           default) or max (every stage's too: for runners that start with no cache)
 =========================  ==========================================================
 """
 
@@ -69,6 +71,7 @@ class Settings:
     build_cache_keep: str = "20gb"  # BuildKit cache `prune` leaves
     scan: bool = True  # the supply-chain gate runs (tests of other things may switch it off)
     cache: bool = True  # False: every image from scratch, no BuildKit or registry cache (``repro``)
+    cache_mode: str = "min"  # registry cache export: "min" (the image's layers) or "max" (every stage's)
     today: dt.date = dt.date(1970, 1, 1)  # the date allowlist expiries are read against
 
     def ref(self, repository: str, tag: str = "", digest: str = "") -> ImageRef:
@@ -108,6 +111,7 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
     force = pick("force_image_tag", "FORCE_IMAGE_TAG", "", IMAGE_TAG_RE, "an image tag")
     policy = pick("vuln_policy", "FLEET_VULN_POLICY", "auto", re.compile("auto|enforce|warn"), "a policy: auto, enforce or warn")
     db_repo = pick("trivy_db_repository", "FLEET_TRIVY_DB_REPOSITORY", "", IMAGE_RE, "an image reference like ghcr.io/aquasecurity/trivy-db:2")
+    cache_mode = pick("cache_mode", "FLEET_CACHE_MODE", str(d["cache_mode"]), re.compile("min|max"), "a cache mode: min or max")
     limit = env.get("FLEET_STEP_TIME_LIMIT", "")
     if limit and not re.fullmatch(r"[1-9][0-9]{0,5}", limit):
         problems.append(Problem(file="environment", key="FLEET_STEP_TIME_LIMIT", message=f"{limit!r} is not a number of seconds (1-999999); fix or unset it"))
@@ -137,4 +141,5 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
         today=dt.datetime.now(dt.UTC).date(),
         keep_releases=int(flags.get("keep_releases") or d["keep_releases"]),  # type: ignore[call-overload]
         build_cache_keep=str(d["build_cache_keep"]),
+        cache_mode=cache_mode,
     )

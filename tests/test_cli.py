@@ -69,3 +69,12 @@ def test_ci_selections(fleet_dir: Path) -> None:
     assert not any("STTService" in k for k in cpu)  # a GPU service is outside the cpu group
     families = plan_keys(fleet_dir, "--within-groups", "cpu legacy")
     assert "family:legacy-py310-cpu" in families and "family:base-gpu-cu121" not in families
+
+
+def test_the_cache_mode_is_min_unless_a_run_asks_for_max(fleet_dir: Path) -> None:
+    fleet = load_fleet(fleet_dir)
+    assert settings.from_sources(fleet, {}).cache_mode == "min"
+    assert settings.from_sources(fleet, {"FLEET_CACHE_MODE": "max"}).cache_mode == "max"
+    for bad in ("MAX", "max,ignore-error=false", "min mode=max"):
+        with pytest.raises(ConfigError, match="FLEET_CACHE_MODE"):
+            settings.from_sources(fleet, {"FLEET_CACHE_MODE": bad})

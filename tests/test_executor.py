@@ -147,7 +147,7 @@ def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Pa
     registry = FakeRegistry()
 
     class NoUpstream(FakeDocker):
-        def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log, target=None, rewrite_timestamps=True):
+        def build(self, *, context, tag, build_args, secrets, cache_ref, labels, log, target=None, rewrite_timestamps=True, cache_mode="min"):
             if "/legacy-py310-cpu" in tag:
                 raise BuildError("failed to resolve source metadata for docker.io/library/python:3.10-slim-bookworm")
             return super().build(context=context, tag=tag, build_args=build_args, secrets=secrets, cache_ref=cache_ref, labels=labels, log=log,

@@ -188,6 +188,7 @@ class Docker:
         build_args: Mapping[str, str],
         secrets: Sequence[str],
         cache_ref: str | None,
+        cache_mode: str = "min",
         labels: Mapping[str, str],
         log: Path,
         target: str | None = None,
@@ -200,7 +201,9 @@ class Docker:
         exporter), then loaded; the containerd store keeps the manifest, so the digest loaded is
         the digest pushed later. ``rewrite_timestamps`` False skips that pass (it decompresses,
         rewrites and recompresses every layer) for images whose files carry clamped times
-        already. ``cache_ref`` None builds from scratch: no BuildKit cache, no registry cache.
+        already. ``cache_ref`` None builds from scratch: no BuildKit cache, no registry cache;
+        ``cache_mode`` is what goes to the registry cache: "min", the image's layers, or "max",
+        every stage's.
         Not pushed: images are pushed after verification.
         """
         argv = ["docker", "buildx", "build", "--file", str(context / "Dockerfile"), "--network", "host", "--provenance=false", "--progress=plain",
@@ -211,10 +214,12 @@ class Docker:
                 argv += [flag, f"{key}={value}"]
         for secret in secrets:
             argv += ["--secret", secret]
+        if cache_mode not in ("min", "max"):
+            raise ValueError(f"cache mode {cache_mode!r} is not min or max")
         if cache_ref is None:
             argv.append("--no-cache")
         else:
-            argv += ["--cache-from", f"type=registry,ref={cache_ref}", "--cache-to", f"type=registry,ref={cache_ref},mode=max,ignore-error=true"]
+            argv += ["--cache-from", f"type=registry,ref={cache_ref}", "--cache-to", f"type=registry,ref={cache_ref},mode={cache_mode},ignore-error=true"]
         argv.append(str(context))
         with log.open("wb") as out:
             built, why = _build_and_load(argv, out)

@@ -36,6 +36,7 @@ class Engine(Protocol):
         build_args: Mapping[str, str],
         secrets: Sequence[str],
         cache_ref: str | None,
+        cache_mode: str = "min",
         labels: Mapping[str, str],
         log: Path,
         target: str | None = None,

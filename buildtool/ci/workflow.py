@@ -52,6 +52,7 @@ concurrency:
 env:
   FLEET_REGISTRY: ${{ vars.FLEET_REGISTRY || 'ghcr.io' }}
   FLEET_VULN_POLICY: enforce
+  FLEET_CACHE_MODE: max  # every stage's layers into the registry cache: each job's runner starts with none
   FLEET_TRIVY_DB_REPOSITORY: ${{ vars.FLEET_TRIVY_DB_REPOSITORY || 'ghcr.io/aquasecurity/trivy-db:2' }}
   FLEET_CI_GROUPS: ${{ vars.FLEET_CI_GROUPS || '%(groups)s' }}
   FLEET_CI_SERVICES: ${{ vars.FLEET_CI_SERVICES || '--all' }}

@@ -250,7 +250,8 @@ class Executor:
         ref = str(s.ref(step.repository, step.id_tag))
         logs = s.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        build = dict(context=context, build_args=args, secrets=s.secrets(), cache_ref=str(s.cache_ref(step.repository)) if s.cache else None, labels=labels)
+        build = dict(context=context, build_args=args, secrets=s.secrets(), cache_ref=str(s.cache_ref(step.repository)) if s.cache else None,
+                     cache_mode=s.cache_mode, labels=labels)  # fmt: skip
         # Targets made of bootstrap tarballs only carry clamped file times already: rewriting them
         # would decompress and recompress the same bytes.
         clamped = step.rendered.clamped
