@@ -173,7 +173,7 @@ def lock_tools(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def ci_local(session: nox.Session) -> None:
-    """Run the generated workflow under act against the local registry: CPU families, ServiceRegistry, scan, publish once."""
+    """Run the workflows under act on the local registry: build.yml (CPU families, ServiceRegistry, publish), then refresh.yml (GitHub stand-in)."""
     _install(session)
     session.run("python", "-m", "tests.act_runner", *session.posargs)
 

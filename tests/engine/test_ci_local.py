@@ -3,8 +3,6 @@ moves no tag. (The passing run is `nox -s ci_local`.)"""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 
 import pytest
@@ -17,20 +15,9 @@ from tests.engine.helpers import commit_all
 pytestmark = pytest.mark.engine
 
 
-def checkout_copy(dest) -> None:
-    """A git checkout of this working tree (tracked and new files, as they are now)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    for rel in files.splitlines():
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    commit_all(dest, "a copy for act")
-
-
 def test_a_failing_job_leaves_every_tag_where_it_was(tmp_path, real_subprocess) -> None:
     repo = tmp_path / "repo"
-    checkout_copy(repo)
+    act_runner.checkout_copy(repo)
     fam = repo / "families" / "family-web.toml"
     fam.write_text(fam.read_text() + '\n[[smoke]]\nname = "fails on purpose"\nrun = ["python", "-c", "raise SystemExit(7)"]\n')
     commit_all(repo, "break family-web")
