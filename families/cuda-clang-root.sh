@@ -4,7 +4,8 @@
 # PyPI has no CUDA 12 compiler driver: the nvidia-cuda-nvcc-cu12 wheels carry ptxas, libdevice and
 # the crt headers, but no nvcc and no fatbinary. clang compiles the CUDA code instead, against this
 # root, assembled from hash-locked wheels (all CUDA 12.1 except where noted): the runtime libraries
-# from the image's venv (base-gpu-cu121), the compiler parts from the family's build tools, which
+# from the parent's venv (base-gpu-cu121's, bound at $PARENT_VENV while a builder step runs: the
+# links below resolve in the setup and compile steps only), the compiler parts from the build tools, which
 # the builder stage installs under $BUILD_TOOLS:
 #   include/  cuda_runtime, cublas, curand (clang's CUDA wrapper includes it) and nvcc's crt/ headers,
 #             plus nv/target from cuda-cccl 12.3 (the 12.1 cccl wheels do not ship it; macros only)
@@ -14,7 +15,7 @@
 #             for the toolkit layout even when clang compiles; nothing is compiled by it. fatbinary
 #             only bundles the cubins and PTX that ptxas 12.1 and clang produced, uncompressed.
 set -eu
-nv=/opt/venv/lib/python3.11/site-packages/nvidia
+nv=$PARENT_VENV/lib/python3.11/site-packages/nvidia
 tools=$BUILD_TOOLS/lib/python3.11/site-packages/nvidia
 root=/opt/cuda
 mkdir -p "$root/bin" "$root/include" "$root/lib64"

@@ -132,19 +132,25 @@ def test_children_build_on_the_builder_root_with_their_parents_packages() -> Non
     text = render_family(fleet, fleet.families["web"], None).dockerfile
     builder = text.split("AS builder\n")[1].split("AS runtime")[0]
     assert text.count("FROM ${BUILDER_IMAGE} AS builder") == 1
-    assert "COPY --from=parent /opt/venv/ /opt/venv/" in builder
+    # The parent's venv is bound, not copied: no layer of the builder holds it.
+    assert "COPY --from=parent /opt/venv" not in builder and "ENV PARENT_VENV=/opt/parent" in builder
+    mounted = "--mount=type=bind,from=parent,source=/opt/venv,target=/opt/parent"
+    install = builder.split("# Hash-locked Python packages")[1].split("pip install")[0]
+    assert mounted in install and 'PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}/opt/parent/lib/python3.11/site-packages"' in install
     # pip check runs where pip is, over the parent's packages and this family's.
-    assert "PYTHONPATH=/install/lib/python3.11/site-packages /opt/venv/bin/python -m pip check" in builder
+    assert f"RUN --network=none {mounted} \\\n    PYTHONPATH=/install/lib/python3.11/site-packages:/opt/parent/lib/python3.11/site-packages " \
+           "/opt/venv/bin/python -m pip check" in builder
     assert "FROM parent AS runtime" in text
 
 
 def test_service_builder_stage_starts_from_the_builder_root() -> None:
     fleet = memory.fleet()
     worker = render_service(fleet, fleet.services["Worker"], fleet.machines["big"]).dockerfile
-    assert "FROM ${BUILDER_IMAGE} AS builder" in worker and "COPY --from=family /opt/venv/ /opt/venv/" in worker
+    assert "FROM ${BUILDER_IMAGE} AS builder" in worker and "COPY --from=family /opt/venv" not in worker
+    assert "--mount=type=bind,from=family,source=/opt/venv,target=/opt/parent \\\n    PYTHONPATH=/install/lib/python3.11/site-packages:/opt/parent/" in worker
     assert "-m pip check" in worker
     api = render_service(fleet, fleet.services["Api"], fleet.machines["big"]).dockerfile
-    assert "COPY --from=family /opt/venv/" not in api  # nothing to install: the family's packages are not needed to compile the app
+    assert "from=family" not in api.split("FROM family AS runtime")[0]  # nothing to install: the family's packages are not needed to compile the app
     assert "FROM family AS runtime" in api and "/opt/venv/bin/python -m compileall -q /app" in api
 
 

@@ -32,6 +32,20 @@ ROOT_ENV = (
 # A family's build tools ([builder] requirements) are installed here, in its builder stage only:
 # on PATH and PYTHONPATH for the setup script and the compile step, and out of pip check's view.
 BUILD_TOOLS = "/opt/build-tools"
+# A child's builder stage sees its parent's venv bound read-only here, in the steps that need it
+# (setup, install, pip check), never copied into a layer: a CUDA parent's venv is gigabytes, and a
+# copy of it was one more layer in BuildKit's cache and the registry cache for every child.
+PARENT_VENV = "/opt/parent"
+
+
+def parent_mount(stage: str) -> Quoted:
+    """The RUN option binding ``stage``'s /opt/venv at PARENT_VENV ("" without a stage)."""
+    return Quoted(f"--mount=type=bind,from={quote.token(stage)},source=/opt/venv,target={PARENT_VENV}" if stage else "")
+
+
+def _with_parent(python: str, stage: str) -> str:
+    """A shell assignment putting the parent's site-packages on PYTHONPATH, after what is there."""
+    return f'PYTHONPATH="${{PYTHONPATH:+$PYTHONPATH:}}{PARENT_VENV}/lib/python{quote.token(python)}/site-packages" ' if stage else ""
 
 
 def build_tools_env(python: str) -> list[tuple[str, str]]:
@@ -90,7 +104,7 @@ def apt_install(packages: Iterable[str], mounts: Iterable[str] = ()) -> Quoted:
     )
 
 
-def pip_install(requirements: str = "requirements.txt", prefix: str = "/install", compile: bool = False) -> Quoted:
+def pip_install(requirements: str = "requirements.txt", prefix: str = "/install", compile: bool = False, parent: str = "", python: str = "") -> Quoted:
     """One RUN step installing a hash-locked requirements file of the context.
 
     The CA bundle and an index URL with its token reach pip only as BuildKit secrets.
@@ -98,9 +112,11 @@ def pip_install(requirements: str = "requirements.txt", prefix: str = "/install"
     isolation) and without pip's wheel cache, which does not key on compiler flags or the target
     architecture. Into a prefix, pip ignores what the stage's venv holds (the parent's packages,
     pip itself, build tools): the prefix gets exactly the file's packages. ``prefix=""``: into the
-    stage's own venv.
+    stage's own venv. ``parent``: the stage whose venv a build from source sees (PARENT_VENV, on
+    PYTHONPATH for Python ``python``).
     """
     name = quote.token(requirements)
+    mount = f"    {parent_mount(parent)} \\\n" if parent else ""
     options = " --no-build-isolation --no-cache-dir" if compile else ""
     if prefix:
         # Exactly the listed packages into the prefix, whatever the stage's venv already holds.
@@ -110,10 +126,19 @@ def pip_install(requirements: str = "requirements.txt", prefix: str = "/install"
         "    --mount=type=secret,id=pip_ca,required=true \\\n"
         "    --mount=type=secret,id=pip_index,required=false \\\n"
         f"    --mount=type=bind,source={name},target=/tmp/{name} \\\n"
+        f"{mount}"
         '    if [ -s /run/secrets/pip_index ]; then PIP_INDEX_URL="$(cat /run/secrets/pip_index)"; export PIP_INDEX_URL; fi \\\n'
-        " && PIP_CERT=/run/secrets/pip_ca /opt/venv/bin/python -m pip install \\\n"
+        f" && {_with_parent(python, parent)}PIP_CERT=/run/secrets/pip_ca /opt/venv/bin/python -m pip install \\\n"
         f"      --no-deps --require-hashes --disable-pip-version-check{options} -r /tmp/{name}"
     )
+
+
+def pip_check(python: str, parent: str = "") -> Quoted:
+    """One RUN step: pip check over /install and, given ``parent``, the parent's venv (where pip is)."""
+    site = f"/install/lib/python{quote.token(python)}/site-packages"
+    mount = f"{parent_mount(parent)} \\\n    " if parent else ""
+    path = f"{site}:{PARENT_VENV}/lib/python{quote.token(python)}/site-packages" if parent else site
+    return Quoted(f"RUN --network=none {mount}PYTHONPATH={path} /opt/venv/bin/python -m pip check")
 
 
 @cache
@@ -135,7 +160,7 @@ def _env() -> jinja2.Environment:
         key_values=quote.key_values,
         build_env=lambda pairs: quote.key_values(pairs, build_args=True),
     )
-    env.globals.update(apt_install=apt_install, pip_install=pip_install)
+    env.globals.update(apt_install=apt_install, pip_install=pip_install, pip_check=pip_check, parent_mount=parent_mount)
     return env
 
 
@@ -158,11 +183,6 @@ def dockerignore(fleet: Fleet) -> bytes:
 
 def machine_profile(machine: Machine) -> bytes:
     return (json.dumps(machine.profile_dict(), indent=2, sort_keys=True) + "\n").encode()
-
-
-def site_packages(python: str) -> Quoted:
-    """Where ``pip install --prefix=/install`` puts a family's packages (copied to /opt/venv)."""
-    return quote.token(f"/install/lib/python{python}/site-packages")
 
 
 def _os_files(fleet: Fleet, family: Family) -> tuple[dict[str, object] | None, list[str], list[tuple[str, bytes]]]:
@@ -222,7 +242,7 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
         runtime_base=Quoted("root" if family.root else "parent"),
         os_export=export,
         builder_requests=builder_requests,
-        site_packages=site_packages(family.python),
+        parent_venv=PARENT_VENV,
         cmake_arch=machine.cuda_arch.replace(".", "") if machine else "",
         root_env=list(ROOT_ENV),
         build_tools=BUILD_TOOLS,
@@ -286,7 +306,7 @@ def render_service(fleet: Fleet, service: Service, machine: Machine) -> Rendered
         service=service,
         family_image=f"{family.name} for {machine.name}" if family.machine_specific else family.name,
         lineage_root=fleet.root_of(family.name).name,
-        site_packages=site_packages(family.python),
+        python=family.python,
         machine=machine,
         env=sorted(env.items()),
         labels=labels,
