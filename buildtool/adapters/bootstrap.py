@@ -1,7 +1,7 @@
 """Root filesystems from the Debian or Ubuntu archive (mmdebstrap), for ``source = "bootstrap"``.
 
 No public registry is needed. Ubuntu suites serve the Pythons Debian does not ship (jammy: 3.10,
-with Ubuntu's security updates); their archive key comes from Debian's ``ubuntu-keyring``.
+with Ubuntu's security updates); their archive key is shipped with the toolkit (``keys/``).
 
 A root family has two roots, both from its OS lock:
 
@@ -61,7 +61,11 @@ MERGED_USR_HOOKS = "/usr/share/mmdebstrap/hooks/merged-usr"
 ROLLING = {"sid", "unstable", "experimental"}
 # Ubuntu suites (model.UBUNTU_SUITES): one archive serves every pocket; tini is in universe.
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
-UBUNTU_KEYRING = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+# Ubuntu's archive keys (2012 and 2018; jammy is signed by 871920D1991BC93C), shipped with the toolkit
+# rather than taken from the host: Debian 12.15 dropped the ubuntu-keyring package from bookworm.
+# From ubuntu-keyring 2023.11.28.1-0.2_all.deb of Debian sid (sha256 b2e7ed48...b81174), checked
+# against the package index signed by Debian's archive key.
+UBUNTU_KEYRING = str(Path(__file__).with_name("keys") / "ubuntu-archive-keyring.gpg")
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEFAULT_SECURITY = "http://deb.debian.org/debian-security"
 # The snapshot archives: every state of Debian's and Ubuntu's archives, by time.
@@ -149,7 +153,7 @@ def mmdebstrap_argv(
         argv += ["--skip=check/signed-by", f"--keyring={keyring}",
                  f'--setup-hook=mkdir -p "$1/{os.path.dirname(ROOT_KEYRING)}" && cp {q(str(keyring))} "$1/{ROOT_KEYRING}"']  # fmt: skip
     elif suite in UBUNTU_SUITES:
-        argv.append(f"--keyring={UBUNTU_KEYRING}")
+        argv.append(f"--keyring={keyring or UBUNTU_KEYRING}")
     if merged_usr(suite):
         argv.append(f"--hook-dir={MERGED_USR_HOOKS}")
     if prefs is not None:
@@ -201,7 +205,7 @@ def bootstrap_rootfs(
         raise ValueError(f"unknown root variant {variant!r}")
     wanted = includes(suite, variant, packages, builder_packages)
     requested = [f"{n}={v}" for n, v in sorted(pins.items())] if pins else wanted
-    ensure_host_packages(["mmdebstrap", "ubuntu-keyring"] if suite in UBUNTU_SUITES else ["mmdebstrap"])
+    ensure_host_packages(["mmdebstrap"])
     hooks = {name: (resources.files("buildtool.adapters") / "hooks" / name).read_bytes() for name in ("venv-user.sh", "runtime-strip.sh")}
     spec = {
         "suite": suite,
@@ -235,7 +239,8 @@ def bootstrap_rootfs(
     log.info("bootstrapping the %s root of %s: %s", variant, suite, ", ".join(wanted))
     started = time.monotonic()
     env = {"SOURCE_DATE_EPOCH": str(source_date_epoch)}
-    with _readable(keyring if archive.keyring else None) as key:
+    own = keyring if keyring is not None and archive.keyring else None
+    with _readable(own or (Path(UBUNTU_KEYRING) if suite in UBUNTU_SUITES else None)) as key:
         argv = mmdebstrap_argv(suite=suite, variant=variant, packages=requested, keep=packages, pins=pins_path, prefs=prefs_path, out=partial,
                                archive=archive, keyring=key)  # fmt: skip
         try:

@@ -106,18 +106,19 @@ def config(root: Path, arch: str, *, status: Path, preferences: Path | None) -> 
 
 
 def _keyring(suite: str, own: Path | None) -> str:
+    if own is None and suite in UBUNTU_SUITES:  # the toolkit's copy of Ubuntu's keys
+        own = Path(UBUNTU_KEYRING)
     if own is not None:
         if not own.is_file():
             raise LockError(f"the archive keyring {own} is missing")
         if re.search(r"[\s\]\"]", str(own.absolute())):  # it becomes an option of a sources.list line: [signed-by=PATH]
             raise LockError(f"apt cannot read the keyring at {str(own.absolute())!r}: its path holds a space, a quote or ']'; move the checkout")
         return str(own.absolute())
-    path, package = (UBUNTU_KEYRING, "ubuntu-keyring") if suite in UBUNTU_SUITES else (DEBIAN_KEYRING, "debian-archive-keyring")
-    if not Path(path).is_file():
-        ensure_host_packages([package])
-    if not Path(path).is_file():
-        raise MissingToolError(f"{path} is missing: install the {package} package")
-    return path
+    if not Path(DEBIAN_KEYRING).is_file():
+        ensure_host_packages(["debian-archive-keyring"])
+    if not Path(DEBIAN_KEYRING).is_file():
+        raise MissingToolError(f"{DEBIAN_KEYRING} is missing: install the debian-archive-keyring package")
+    return DEBIAN_KEYRING
 
 
 def _signed(line: str, keyring: str) -> str:
