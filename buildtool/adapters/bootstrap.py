@@ -62,7 +62,7 @@ ROLLING = {"sid", "unstable", "experimental"}
 # Ubuntu suites (model.UBUNTU_SUITES): one archive serves every pocket; tini is in universe.
 UBUNTU_MIRROR = "http://archive.ubuntu.com/ubuntu"
 # Ubuntu's archive keys (2012 and 2018; jammy is signed by 871920D1991BC93C), shipped with the toolkit
-# rather than taken from the host: Debian 12.15 dropped the ubuntu-keyring package from bookworm.
+# rather than taken from the host: bookworm 12.15 no longer carries the ubuntu-keyring package.
 # From ubuntu-keyring 2023.11.28.1-0.2_all.deb of Debian sid (sha256 b2e7ed48...b81174), checked
 # against the package index signed by Debian's archive key.
 UBUNTU_KEYRING = str(Path(__file__).with_name("keys") / "ubuntu-archive-keyring.gpg")

@@ -273,7 +273,7 @@ def test_ubuntu_suite_uses_its_archive_keyring_and_universe(monkeypatch: pytest.
     common = {"keep": [], "pins": None, "prefs": None, "out": Path("/tmp/r.tar"), "variant": "builder"}
     argv = bootstrap.mmdebstrap_argv(suite="jammy", packages=["python3-minimal", "tini"], **common)
     assert f"--keyring={bootstrap.UBUNTU_KEYRING}" in argv
-    # Ubuntu's keys ship with the toolkit: no host package to install (Debian 12.15 dropped ubuntu-keyring).
+    # Ubuntu's keys ship with the toolkit: no host package to install (bookworm 12.15 no longer carries ubuntu-keyring).
     assert Path(bootstrap.UBUNTU_KEYRING).is_relative_to(Path(bootstrap.__file__).parent)
     assert Path(bootstrap.UBUNTU_KEYRING).stat().st_size > 0
     assert not any(a.startswith("--hook-dir") for a in argv)  # jammy has no usr-is-merged to swap in
