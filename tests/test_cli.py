@@ -27,6 +27,21 @@ def test_unknown_service_is_a_usage_error(fleet_dir: Path, capsys: pytest.Captur
     assert "unknown service 'NoSuchService'" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("selection", [[], ["--machine", "pc2"], ["--registry", "127.0.0.1:5999"]])
+def test_rollback_without_a_selection_refuses_before_the_registry(
+    fleet_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, selection: list[str]
+) -> None:
+    from buildtool.adapters import registry
+
+    def no_registry(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the registry was contacted")
+
+    monkeypatch.setattr(registry.Registry, "__init__", no_registry)
+    assert main(["--root", str(fleet_dir), "rollback", *selection]) == 3
+    err = capsys.readouterr().err
+    assert "rollback moves only what it is told to" in err and "No tag was moved" in err and "Traceback" not in err
+
+
 def test_flags_override_the_environment_which_overrides_the_fleet(fleet_dir: Path) -> None:
     fleet = load_fleet(fleet_dir)
     env = {"FLEET_ORG": "from-env"}

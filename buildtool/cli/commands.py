@@ -317,6 +317,10 @@ def rollback(args: argparse.Namespace) -> int:
     from buildtool.adapters.registry import Registry
     from buildtool.publish.release import rollback as roll_back
 
+    if not (args.services or args.family or args.group or args.all):
+        # An empty selection would be the default plan: every CPU family moved back at once.
+        raise UsageError("rollback moves only what it is told to: name services, or select families with --family NAME or "
+                         "--group GROUP (--all: every service); --machine alone selects nothing. No tag was moved")  # fmt: skip
     fleet = fleet_of(args)
     the_plan = plan_of(fleet, args)
     run_settings = settings_of(args, fleet)
