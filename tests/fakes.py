@@ -25,7 +25,8 @@ class FakeRegistry:
         self.referrer_list: dict[tuple[str, str], list[dict]] = {}
 
     def add(self, repo: str, tag: str, content: str) -> Manifest:
-        body = json.dumps({"mediaType": OCI_MANIFEST, "config": {"digest": "sha256:" + "0" * 64}, "layers": [], "content": content}).encode()
+        config = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "0" * 64}
+        body = json.dumps({"mediaType": OCI_MANIFEST, "config": config, "layers": [], "content": content}).encode()
         m = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type=OCI_MANIFEST, body=body)
         self.entries[(repo, tag)] = m
         return m

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
 
 from buildtool import settings as run_settings
+from buildtool.adapters.registry import Manifest
 from buildtool.core.errors import BuildError, CommandError, UsageError
 from buildtool.execute.executor import Executor
 from buildtool.execute.structure import structure_checks
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
 from buildtool.publish.release import publish, rollback
-from tests.fakes import FakeEngine, FakeRegistry, QuietProgress
+from tests.fakes import OCI_MANIFEST, FakeEngine, FakeRegistry, QuietProgress
 
 FakeDocker = FakeEngine
 
@@ -139,6 +142,28 @@ def test_rollback_swaps_and_honours_force_image_tag() -> None:
     assert registry.digest("fleet/a", "latest") == two.digest
     with pytest.raises(UsageError, match="does not exist"):
         rollback(registry, "fleet", ["a"], "nope")
+
+
+@pytest.mark.parametrize(
+    ("media_type", "body", "named"),
+    [
+        ("application/vnd.oci.image.index.v1+json", {"manifests": []}, "a manifest of type 'application/vnd.oci.image.index.v1+json'"),
+        (OCI_MANIFEST, {"artifactType": "application/vnd.cyclonedx+json", "config": {"mediaType": "application/vnd.oci.empty.v1+json"}},
+         "an artifact of type 'application/vnd.cyclonedx+json'"),
+        (OCI_MANIFEST, {"config": {"mediaType": "application/vnd.cyclonedx+json"}}, "an artifact of type 'application/vnd.cyclonedx+json'"),
+        (OCI_MANIFEST, {"config": "x"}, "an unreadable manifest"),
+    ],
+)
+def test_rollback_refuses_a_target_that_is_not_an_image_and_moves_nothing(media_type: str, body: dict, named: str) -> None:
+    registry = FakeRegistry()
+    current = registry.add("fleet/a", "latest", "one")
+    registry.add("fleet/a", "r1", "older")  # a's target is an image; b's is not: neither moves
+    raw = json.dumps({"mediaType": media_type, **body}).encode()
+    registry.entries[("fleet/b", "r1")] = Manifest(digest="sha256:" + hashlib.sha256(raw).hexdigest(), media_type=media_type, body=raw)
+    with pytest.raises(UsageError, match="not an image") as info:
+        rollback(registry, "fleet", ["a", "b"], "r1")
+    assert named in info.value.message and "fleet/b:r1" in info.value.message and "no tag was moved" in info.value.message
+    assert registry.digest("fleet/a", "latest") == current.digest and ("fleet/a", "prev") not in registry.entries
 
 
 def test_unpullable_root_image_fails_that_family_alone_with_a_hint(fleet_dir: Path, tmp_path: Path) -> None:

@@ -28,6 +28,9 @@ from buildtool.core.refs import repo_path
 
 CURRENT = "latest"
 PREVIOUS = "prev"
+# What latest may point at: one image (an SBOM, a referrers index or a signature may share its tags' namespace).
+IMAGE_MANIFESTS = frozenset({"application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"})
+IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +122,21 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
     return moves
 
 
+def not_an_image(manifest: Manifest) -> str:
+    """What ``manifest`` is when it is not one image's manifest (an index, an artifact such as an
+    SBOM); "" for an image."""
+    if manifest.media_type not in IMAGE_MANIFESTS:
+        return f"a manifest of type {manifest.media_type[:100]!r}"
+    try:
+        data = manifest.data
+        artifact, config = data.get("artifactType"), data["config"]["mediaType"]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return "an unreadable manifest"
+    if artifact or config not in IMAGE_CONFIGS:
+        return f"an artifact of type {str(artifact or config)[:100]!r}"
+    return ""
+
+
 def rollback(registry: Registry, org: str, repositories: Iterable[str], target: str = "") -> list[Move]:
     """Re-point ``latest`` to ``prev`` (or to the release ``target``); the replaced release becomes ``prev``."""
     target_tag = target or PREVIOUS
@@ -128,6 +146,8 @@ def rollback(registry: Registry, org: str, repositories: Iterable[str], target: 
         wanted = registry.manifest(name, target_tag)
         if wanted is None:
             raise UsageError(f"{name}:{target_tag} does not exist; nothing to roll back to (no tag was moved)")
+        if kind := not_an_image(wanted):
+            raise UsageError(f"{name}:{target_tag} names {kind}, not an image; a rollback target is a release tag of an image (no tag was moved)")
         staged.append((repo, wanted, registry.manifest(name, CURRENT)))
     moves = []
     for repo, wanted, current in staged:
