@@ -42,6 +42,14 @@ def test_rollback_without_a_selection_refuses_before_the_registry(
     assert "rollback moves only what it is told to" in err and "No tag was moved" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("value", ["--config/x:1", "-v/trivy-db:2", "a-/trivy-db:2", "-x:2"])
+def test_an_image_reference_never_starts_like_an_option(fleet_dir: Path, value: str) -> None:
+    fleet = load_fleet(fleet_dir)
+    with pytest.raises(ConfigError, match="FLEET_TRIVY_DB_REPOSITORY"):
+        settings.from_sources(fleet, {"FLEET_TRIVY_DB_REPOSITORY": value})
+    assert settings.from_sources(fleet, {"FLEET_TRIVY_DB_REPOSITORY": "127.0.0.1:5000/x/trivy-db:2"}).trivy_db_repository
+
+
 def test_flags_override_the_environment_which_overrides_the_fleet(fleet_dir: Path) -> None:
     fleet = load_fleet(fleet_dir)
     env = {"FLEET_ORG": "from-env"}
