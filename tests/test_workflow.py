@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import textwrap
 
+import pytest
 from ruamel.yaml import YAML
 
 from buildtool.ci import workflow
@@ -75,3 +78,22 @@ def test_a_new_family_gets_its_level() -> None:
             for leg in job["strategy"]["matrix"]["include"]}  # fmt: skip
     assert legs == {"base": 0, "gpu": 0, "utils": 1, "llm-big": 1, "llm-small": 1, "pydeps": 2, "web": 3}
     assert {leg["machine"] for leg in jobs["services"]["strategy"]["matrix"]["include"]} == {"big", "small"}
+
+
+@pytest.mark.parametrize(
+    ("value", "argv"),
+    [
+        ("all", ["--all"]),
+        ("--all", ["--all"]),
+        ("ServiceRegistry  MemoryFusionHub", ["--", "ServiceRegistry", "MemoryFusionHub"]),
+        ("--registry=evil.example ServiceRegistry", ["--", "--registry=evil.example", "ServiceRegistry"]),
+        ("all --org=other", ["--", "all", "--org=other"]),
+    ],
+)
+def test_the_ci_service_selection_passes_words_as_names_never_options(value: str, argv: list[str], real_subprocess: None) -> None:
+    """The generated jobs' shell lines, run by bash: every word but a lone `all` comes after "--"."""
+    script = "set -euo pipefail\n" + textwrap.dedent(workflow.SELECTION) + 'printf "%s\\n" "${selection[@]}"\n'
+    assert workflow.SELECTION in workflow.render(load_fleet(REPO))
+    out = subprocess.run(["bash", "-c", script], env={"FLEET_CI_SERVICES": value}, capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == argv
+

@@ -32,7 +32,8 @@ HEADER = """\
 # Jobs follow the family tree: a job per level (a leg per family image), then services per machine,
 # then one publish job that moves release tags only when every job succeeded. Build jobs push by
 # identity only. Repository variables: FLEET_REGISTRY (default ghcr.io), FLEET_ORG (default the
-# owner, lower-cased), FLEET_TRIVY_DB_REPOSITORY, FLEET_CI_GROUPS, FLEET_CI_SERVICES (a subset).
+# owner, lower-cased), FLEET_TRIVY_DB_REPOSITORY, FLEET_CI_GROUPS, FLEET_CI_SERVICES (service names, or
+# all; each word passed after --, so never an option).
 # Build jobs are --locked: an OS lock the archive no longer serves fails them, naming the refresh
 # (refresh.yml proposes it daily as a pull request).
 name: build
@@ -55,7 +56,7 @@ env:
   FLEET_CACHE_MODE: max  # every stage's layers into the registry cache: each job's runner starts with none
   FLEET_TRIVY_DB_REPOSITORY: ${{ vars.FLEET_TRIVY_DB_REPOSITORY || 'ghcr.io/aquasecurity/trivy-db:2' }}
   FLEET_CI_GROUPS: ${{ vars.FLEET_CI_GROUPS || '%(groups)s' }}
-  FLEET_CI_SERVICES: ${{ vars.FLEET_CI_SERVICES || '--all' }}
+  FLEET_CI_SERVICES: ${{ vars.FLEET_CI_SERVICES || 'all' }}
   PIP_DISABLE_PIP_VERSION_CHECK: "1"
 
 jobs:
@@ -182,11 +183,19 @@ def _services_job(after: int, fleet: Fleet) -> str:
             "        run: |\n",
             "          set -euo pipefail\n",
             f"          {ORG}\n",
-            '          read -ra selection <<< "$FLEET_CI_SERVICES"\n',
+            SELECTION,
             '          nox -s build -- --org "$org" --machine "$MACHINE" --within-groups "$FLEET_CI_GROUPS" --skip-unplaced --no-publish --locked'
             ' "${selection[@]}"\n',
         ]
     )
+
+
+# The services of FLEET_CI_SERVICES as arguments: `all` (or --all) is every service; any other
+# words come after "--", so a word such as --registry=... is a service name the plan refuses.
+SELECTION = (
+    '          read -ra names <<< "$FLEET_CI_SERVICES"\n'
+    '          case "${names[*]}" in all|--all) selection=(--all) ;; *) selection=(-- "${names[@]}") ;; esac\n'
+)
 
 
 def _test_job() -> str:
@@ -229,7 +238,7 @@ def _publish_job(needs: list[str]) -> str:
             f"          {ORG}\n",
             "          mode=()\n",
             '          case " $RESULTS " in *" failure "*|*" cancelled "*|*" skipped "*) mode=(--report-only) ;; esac\n',
-            '          read -ra selection <<< "$FLEET_CI_SERVICES"\n',
+            SELECTION,
             '          nox -s publish -- --org "$org" --within-groups "$FLEET_CI_GROUPS" --skip-unplaced "${mode[@]}" "${selection[@]}"\n',
             "      - name: Keep the report and the SBOMs\n",
             "        if: always()\n",
