@@ -57,6 +57,7 @@ sys.exit(1 if failures else 0)
 """
 
 
+IDENTITY_LABEL = "fleet.identity"  # on every image the toolkit builds: how prune knows its own
 SMALL_BLOB = 1 << 20  # index and manifests are kept from the stream; layers only pass through
 
 
@@ -65,7 +66,9 @@ def _build_and_load(argv: list[str], out: BinaryIO, load_argv: Sequence[str] = (
     archive straight into ``docker load``: no copy of the image on disk. The archive's index and
     manifest are read as they pass. Returns (what was built, ""), or (None, why): the build failed
     (its reasons are the end of ``out``) or docker load did (its output)."""
-    build = host.spawn(argv, stdin=host.DEVNULL, stdout=host.PIPE, stderr=out)
+    # BuildKit secrets read from a variable (id=pip_index,env=NAME): the one program that gets it.
+    keep = [part[4:] for i, a in enumerate(argv[1:]) if argv[i] == "--secret" for part in a.split(",") if part.startswith("env=")]
+    build = host.spawn(argv, stdin=host.DEVNULL, stdout=host.PIPE, stderr=out, keep=keep)
     load = host.spawn(load_argv, stdin=host.PIPE, stdout=host.PIPE, stderr=host.STDOUT)
     assert build.stdout is not None and load.stdin is not None
     small: dict[str, bytes] = {}
@@ -259,9 +262,12 @@ class Docker:
         return (out.strip().splitlines() or [""])[-1]
 
     def remove_images(self, prefix: str, keep_org: str) -> list[str]:
-        """Remove local images of ``prefix`` (a registry's address) whose org is not ``keep_org``."""
+        """Remove local images the toolkit built (they carry its ``fleet.identity`` label) under
+        ``prefix`` (a registry's address) whose org is not ``keep_org``: never another project's."""
         removed = []
         for image in self.client.image.list():
+            if IDENTITY_LABEL not in (image.config.labels or {}):
+                continue
             for tag in image.repo_tags:
                 if tag.startswith(prefix + "/") and not tag.startswith(f"{prefix}/{keep_org}/"):
                     self.client.image.remove(tag, force=True)

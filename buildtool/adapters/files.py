@@ -1,10 +1,12 @@
 """Where the toolkit writes: folders it owns, files replaced atomically, build contexts, fleet copies.
 
-A folder the toolkit may empty carries a marker file of its own. A path that is not one (the
-repository, a folder holding other files, a file) is refused with :class:`OutputError`, so a
-mistyped ``--out`` or ``FLEET_STATE_DIR`` can never delete what the toolkit did not create.
-Files are written to a temporary name and renamed into place: a reader (or a crash) never sees
-half a file, and a symlink planted at the destination is replaced, never followed.
+A folder the toolkit may empty carries a marker file of its own, in that folder: a marker in a
+folder above counts for nothing (anyone may create one in a shared folder such as /tmp). A path
+that is not one (the repository, a folder holding other files, a file) is refused with
+:class:`OutputError`, so a mistyped ``--out`` or ``FLEET_STATE_DIR`` can never delete what the
+toolkit did not create. Files are written to a temporary name and renamed into place, or created
+new with ``O_NOFOLLOW``: a reader (or a crash) never sees half a file, a symlink planted at the
+destination is replaced or refused, never followed, and so is a symlinked folder below an owned one.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ from pathlib import Path
 
 from buildtool.core.errors import ConfigError, OutputError, Problem
 from buildtool.model.load import FLEET_PARTS
-from buildtool.model.sources import SourceProblem, read_regular, read_tree
+from buildtool.model.sources import TOOLKIT_MARKER, SourceProblem, read_regular, read_tree
 
-MARKER = ".buildtool-output"
-MARKER_TEXT = "This folder is written by buildtool; everything in it may be deleted and regenerated.\n"
+MARKER = TOOLKIT_MARKER  # ".buildtool-output"
+MARKER_TEXT = "This folder is written by buildtool; everything in it may be deleted and regenerated.\nlayout: own-marker\n"
+# Before "layout: own-marker", a marker covered every folder below it. A state dir of that time is
+# upgraded once (adopt): each folder below gets its own marker, as the toolkit made them all.
+LAYOUT = "layout: own-marker"
 
 
 def owned_dir(path: Path, *, repo: Path | None = None, what: str, clear: bool = False) -> Path:
@@ -45,47 +50,88 @@ def owned_dir(path: Path, *, repo: Path | None = None, what: str, clear: bool = 
         raise OutputError(f"{what} {path} is inside a .git folder; give a new or empty folder")
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path} is not a folder; give a new or empty folder")
+    no_links_below_owned(path)
     marker = path / MARKER
     if path.is_dir():
-        if marker.is_symlink() or (marker.exists() and not stat.S_ISREG(marker.lstat().st_mode)):
+        if marker.is_symlink() or (marker.exists() and not _is_marker(marker)):
             raise OutputError(f"{what} {path}: its {MARKER} is not the toolkit's marker file; give a new or empty folder")
-        if not marker.exists() and not _inside_owned(path.parent):
+        if not marker.exists():
             if any(path.iterdir()):
                 raise OutputError(
-                    f"{what} {path} holds files the toolkit did not write (it has no {MARKER} marker); give a new or empty folder"
+                    f"{what} {path} holds files the toolkit did not write (it has no {MARKER} marker of its own); give a new or empty folder"
                 )
         elif clear:
             for child in path.iterdir():
                 if child.name != MARKER:
                     remove(child)
     else:
-        path.mkdir(parents=True)
-    if not marker.exists() and not _inside_owned(path.parent):  # a marker above covers everything below it
-        marker.write_text(MARKER_TEXT)
+        _make_marked(path)
+    if not marker.exists():
+        write_new(marker, MARKER_TEXT)
     return path
 
 
+def _make_marked(path: Path) -> None:
+    """Create ``path`` and each missing folder above it, each with its own marker: the toolkit made
+    them, so a later claim of any of them (a state dir whose sub-folder came first) finds it owned."""
+    missing = [path, *(p for p in path.parents if not p.exists())]
+    for folder in sorted(set(missing), key=lambda p: len(p.parts)):
+        folder.mkdir()
+        write_new(folder / MARKER, MARKER_TEXT)
+
+
 def is_owned(folder: Path) -> bool:
-    """Whether ``folder`` is the toolkit's: it, or a folder above it, carries the marker."""
-    return _inside_owned(folder)
-
-
-def _inside_owned(folder: Path) -> bool:
-    """Whether a folder above holds the marker: everything below a marked folder is the toolkit's."""
-    return any(_is_marker(parent / MARKER) for parent in (folder, *folder.parents))
+    """Whether ``folder`` is the toolkit's: it carries the marker itself (a marker above does not count)."""
+    return _is_marker(folder / MARKER)
 
 
 def _is_marker(path: Path) -> bool:
+    """A regular file (not a symlink) of this user."""
     try:
-        return stat.S_ISREG(path.lstat().st_mode)
+        st = path.lstat()
     except OSError:
         return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
+
+
+def no_links_below_owned(path: Path) -> None:
+    """Refuse ``path`` when a folder on its way below the nearest owned folder (one with the
+    marker) is a symlink: a planted ``reports -> /etc`` must not redirect a write or a delete."""
+    path = Path(os.path.abspath(path))
+    below: list[Path] = []
+    for folder in (path, *path.parents):
+        if is_owned(folder):
+            for part in below:
+                if part.is_symlink():
+                    raise OutputError(f"{part} is a symlink inside the toolkit's folder {folder}; remove it (the toolkit follows none)")
+            return
+        below.append(folder)
+
+
+def write_new(path: Path, data: bytes | str) -> None:
+    """Create ``path`` with ``data``; it must not exist, and a symlink there is never followed."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
 
 
 def adopt(path: Path) -> None:
-    """Mark ``path`` as the toolkit's when it exists unmarked (the repository's own ignored build/)."""
-    if path.is_dir() and not path.is_symlink() and not (path / MARKER).exists():
-        (path / MARKER).write_text(MARKER_TEXT)
+    """Mark ``path`` as the toolkit's when it exists unmarked (the repository's own ignored build/),
+    and give a state dir of the old layout (one marker on top) a marker in every folder below."""
+    if not path.is_dir() or path.is_symlink():
+        return
+    marker = path / MARKER
+    if not marker.exists() and not marker.is_symlink():
+        write_new(marker, MARKER_TEXT)
+        return
+    if not _is_marker(marker) or LAYOUT in marker.read_text(errors="replace"):
+        return
+    for folder, dirs, _ in os.walk(path):  # symlinked folders are listed, never entered
+        for name in dirs:
+            child = Path(folder) / name
+            if not child.is_symlink() and not (child / MARKER).exists() and not (child / MARKER).is_symlink():
+                write_new(child / MARKER, MARKER_TEXT)
+    atomic_write(marker, MARKER_TEXT)
 
 
 def remove(path: Path) -> None:
@@ -100,6 +146,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
     if isinstance(data, str):
         data = data.encode("utf-8")
+    no_links_below_owned(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -146,8 +193,9 @@ def write_context(dest: Path, files: Iterable[tuple[str, bytes]], *, links: Mapp
     dest = owned_dir(dest, what="build context", clear=True)
     for rel, data in files:
         target = dest / rel
+        no_links_below_owned(target.parent)
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
+        write_new(target, data)
     for name, path in (links or {}).items():
         (dest / name).hardlink_to(path)
     return dest
@@ -159,7 +207,7 @@ def copy_fleet(src: Path, dest: Path) -> None:
     for part in FLEET_PARTS:
         try:
             if (src / part).is_dir():
-                files = [(f"{part}/{rel}", data) for rel, data in read_tree(src, part, ()).files]
+                files = [(f"{part}/{rel}", data) for rel, data in read_tree(src, part, (), outputs=True).files]
             else:
                 files = [(part, read_regular(src / part, part))]
         except SourceProblem as exc:
@@ -173,9 +221,16 @@ def copy_fleet(src: Path, dest: Path) -> None:
 @contextlib.contextmanager
 def held(path: Path, *, waiting: Callable[[str], None]) -> Iterator[None]:
     """Hold an exclusive lock on ``path`` (a file of the state dir) for the block. While another
-    process holds it, ``waiting`` is told who (pid and command line) and this one waits."""
+    process holds it, ``waiting`` is told who (pid and command line) and this one waits. A symlink
+    at ``path`` (or on its way below the owned folder) is refused, never followed."""
+    no_links_below_owned(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OutputError(f"{path} is a symlink; remove it (the toolkit follows none in its folders)") from None
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

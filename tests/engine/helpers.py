@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from buildtool import pipeline, settings
-from buildtool.adapters.files import adopt
+from buildtool.adapters.files import adopt, owned_dir
 from buildtool.core.errors import ToolError
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
@@ -18,9 +18,10 @@ from tests.fakes import QuietProgress
 
 def state_dir() -> Path:
     """The tests' state dir: below the repository's build/ (reused between runs: bootstrapped roots
-    are cached there), or FLEET_TEST_STATE_DIR."""
+    are cached there), or FLEET_TEST_STATE_DIR. Claimed as the toolkit's before a test puts anything
+    in it, as a run claims its own: on a fresh clone it does not exist yet."""
     adopt(REPO / "build")
-    return Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
+    return owned_dir(Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state")), repo=REPO, what="tests' state dir")
 
 
 def commit_all(root: Path, message: str = "a copy of the fleet") -> None:

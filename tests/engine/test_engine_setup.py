@@ -22,6 +22,7 @@ from buildtool.core.dpkg import versions
 from buildtool.core.errors import BuildError, CommandError, EngineError, LockError, MissingToolError
 from buildtool.model.load import load_fleet
 from tests.conftest import REPO
+from tests.engine.helpers import state_dir
 
 ADDRESS = "127.0.0.1:5000"
 BASE_PACKAGES = ["python3-minimal", "libpython3.11-stdlib", "tini", "ca-certificates"]
@@ -29,7 +30,7 @@ EPOCH = 1735689600
 
 
 def _state() -> Path:
-    return Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state"))
+    return state_dir()
 
 
 def _done(argv, stdout: str = "") -> subprocess.CompletedProcess[str]:
