@@ -11,9 +11,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,17 +35,43 @@ _daemons: list[Daemon] = []
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
 
 
-def spawn(argv: Sequence[str], *, stdin: int | None = None, stdout: int | IO[bytes] | None = None, stderr: int | IO[bytes] | None = None) -> Daemon:
-    """Start ``argv`` with its streams as given (bytes); the caller reads, writes and waits. For
-    programs whose output is streamed elsewhere as it comes (a build's image into ``docker load``)."""
-    if shutil.which(argv[0]) is None:
-        raise MissingToolError(f"'{argv[0]}' is not installed or not on PATH (needed for: {' '.join(argv)})")
-    log.debug("$ %s", " ".join(argv))
-    return subprocess.Popen(list(argv), stdin=stdin, stdout=stdout, stderr=stderr)
+# The toolkit's secrets and anything named like one: no program or daemon it starts inherits them.
+SECRET_NAME = re.compile(r".*(TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|API_?KEY|PRIVATE_KEY).*|FLEET_PIP_INDEX_URL|.*_AUTH", re.I)
+
+
+def child_env(extra: Mapping[str, str] | None = None, *, keep: Sequence[str] = (), drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a program the toolkit starts: this process's, without its secrets (but
+    the variables named in ``keep``, which that program is meant to read) and without variables
+    starting with one of ``drop`` (a tool's own settings, which the toolkit gives on its command
+    line instead), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if (k in keep or not SECRET_NAME.fullmatch(k)) and not k.startswith(drop)}
+    return {**env, **(extra or {})}
 
 
 def which(program: str) -> str | None:
+    """The program next to the running interpreter (a venv's tools, used without activating the
+    venv), else on PATH."""
+    if os.sep not in program:
+        beside = Path(sys.executable).parent / program
+        if beside.is_file() and os.access(beside, os.X_OK):
+            return str(beside)
     return shutil.which(program)
+
+
+def _resolved(argv: Sequence[str]) -> list[str]:
+    found = which(argv[0])
+    if found is None:
+        raise MissingToolError(f"'{argv[0]}' is not installed or not on PATH (needed for: {' '.join(argv)})")
+    return [found, *argv[1:]]
+
+
+def spawn(argv: Sequence[str], *, stdin: int | None = None, stdout: int | IO[bytes] | None = None, stderr: int | IO[bytes] | None = None,
+          keep: Sequence[str] = ()) -> Daemon:  # fmt: skip
+    """Start ``argv`` with its streams as given (bytes); the caller reads, writes and waits. For
+    programs whose output is streamed elsewhere as it comes (a build's image into ``docker load``)."""
+    args = _resolved(argv)
+    log.debug("$ %s", " ".join(argv))
+    return subprocess.Popen(args, stdin=stdin, stdout=stdout, stderr=stderr, env=child_env(keep=keep))
 
 
 def run(
@@ -55,18 +83,19 @@ def run(
     capture: bool = True,
     check: bool = True,
     timeout: float | None = None,
+    keep: Sequence[str] = (),
+    drop: tuple[str, ...] = (),
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``argv``; return the completed process (stdout/stderr captured as text unless ``capture=False``)."""
+    """Run ``argv``; return the completed process (stdout/stderr captured as text unless ``capture=False``).
+    Its environment is :func:`child_env`: ``env`` added, secrets left out but those named in ``keep``."""
     args = [os.fspath(a) for a in argv]
-    if shutil.which(args[0]) is None:
-        raise MissingToolError(f"'{args[0]}' is not installed or not on PATH (needed for: {' '.join(args)})")
+    program = _resolved(args)
     log.debug("$ %s", " ".join(args))
-    full_env = None if env is None else {**os.environ, **env}
     try:
         proc = subprocess.run(
-            args,
+            program,
             cwd=cwd,
-            env=full_env,
+            env=child_env(env, keep=keep, drop=drop),
             input=input,
             text=True,
             stdout=subprocess.PIPE if capture else None,
@@ -86,7 +115,7 @@ def start_detached(argv: list[str], logfile: Path) -> Daemon:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting %s (log: %s)", " ".join(argv), logfile)
     with logfile.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(_resolved(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=child_env())
     _daemons.append(proc)
     return proc
 

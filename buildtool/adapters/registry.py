@@ -14,8 +14,6 @@ client's own :meth:`Registry.put_manifest`.
 from __future__ import annotations
 
 import base64
-import hashlib
-import ipaddress
 import json
 import re
 import tarfile
@@ -26,6 +24,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from buildtool.adapters.content import MAX_BLOB, MAX_MANIFEST, MAX_PAGES, MAX_TOKEN, Digesting, digest_of, is_loopback, read_bounded, verified
 from buildtool.core.errors import EngineError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,20 +35,6 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 EMPTY_CONFIG = b"{}"
-
-
-def is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def digest_of(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def _opener(address: str) -> urllib.request.OpenerDirector:
@@ -114,13 +99,22 @@ class Registry:
     # -- transport ---------------------------------------------------------------------------
 
     def _url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else f"{self.scheme}://{self.address}/v2/{path}"
+        """The URL of an API path, or of an address the registry gave (a Link page, an upload
+        Location), which must be on the registry's own scheme, host and port: the client's
+        credentials go nowhere else."""
+        if not path.startswith(("http://", "https://", "/")):
+            return f"{self.scheme}://{self.address}/v2/{path}"
+        url = urllib.parse.urljoin(f"{self.scheme}://{self.address}/", path)
+        parts = urllib.parse.urlsplit(url)
+        if (parts.scheme, parts.netloc) != (self.scheme, self.address):
+            raise EngineError(f"registry {self.address}: it pointed the client at {parts.scheme}://{parts.netloc}, not the registry; refused")
+        return url
 
     def _request(self, method: str, path: str, *, body: bytes | None = None, headers: dict[str, str] | None = None, scope: str = ""):
         """The response (to be closed by the caller), or None for a 404. Answers one auth challenge."""
         for attempt in (1, 2):
             self.requests += 1
-            req = urllib.request.Request(self._url(path), data=body, method=method, headers=headers or {})
+            req = urllib.request.Request(self._url(path), data=body, method=method, headers=headers or {})  # the registry's origin
             if scope in self._auth:
                 req.add_unredirected_header("Authorization", self._auth[scope])
             try:
@@ -146,6 +140,12 @@ class Registry:
             return True
         if scheme != "bearer" or "realm" not in params:
             return False
+        realm = urllib.parse.urlsplit(params["realm"])
+        own_host = urllib.parse.urlsplit(f"//{self.address}").hostname
+        secure = realm.scheme == "https" or (realm.scheme == "http" and is_loopback(realm.netloc))
+        if not secure or realm.hostname != own_host or realm.query or realm.fragment or realm.username:
+            raise EngineError(f"registry {self.address}: its token service {params['realm']!r} is not https on the registry's own host "
+                              "(http only on loopback); refused, no credentials sent")  # fmt: skip
         query = {"service": params.get("service", "")}
         if scope or params.get("scope"):
             query["scope"] = scope or params["scope"]
@@ -155,7 +155,7 @@ class Registry:
         self.requests += 1
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
-                answer = json.loads(resp.read())
+                answer = json.loads(read_bounded(resp, MAX_TOKEN, f"registry {self.address}: the token exchange"))
         except (urllib.error.HTTPError, OSError, ValueError) as exc:
             raise EngineError(f"registry {self.address}: the token exchange at {params['realm']} failed ({exc}); check FLEET_REGISTRY_TOKEN") from exc
         token = answer.get("token") or answer.get("access_token")
@@ -184,10 +184,14 @@ class Registry:
             if resp is None:
                 self._manifests[key] = None
             else:
+                what = f"registry {self.address}: {repo}:{ref}"
                 with resp:
-                    body = resp.read()
+                    body = verified(read_bounded(resp, MAX_MANIFEST, what), ref, what)
                     media_type = resp.headers["Content-Type"].split(";")[0]
-                    self._remember(repo, ref, Manifest(digest=resp.headers.get("Docker-Content-Digest") or digest_of(body), media_type=media_type, body=body))
+                    said = resp.headers.get("Docker-Content-Digest")
+                    if said and said.startswith("sha256:") and said != digest_of(body):
+                        raise EngineError(f"{what}: the manifest's digest is {digest_of(body)}, not the {said} the registry named; refused")
+                    self._remember(repo, ref, Manifest(digest=digest_of(body), media_type=media_type, body=body))
         return self._manifests[key]
 
     def digest(self, repo: str, ref: str, *, fresh: bool = False) -> str | None:
@@ -231,16 +235,18 @@ class Registry:
         """Every tag of ``repo`` (following the API's pages); [] for an unknown repository."""
         out: list[str] = []
         path = f"{repo}/tags/list?n=1000"
-        while path:
+        for _ in range(MAX_PAGES):
             resp = self._request("GET", path, scope=self._scope(repo))
             if resp is None:
                 return out
             with resp:
-                out += json.loads(resp.read()).get("tags") or []
+                out += json.loads(read_bounded(resp, MAX_MANIFEST, f"registry {self.address}: tags of {repo}")).get("tags") or []
                 link = resp.headers.get("Link", "")
             match = re.match(r"<([^>]+)>", link)
-            path = match.group(1).removeprefix("/v2/") if match else ""
-        return out
+            if not match:
+                return out
+            path = match.group(1)  # checked against the registry's origin by _url
+        raise EngineError(f"registry {self.address}: the tag list of {repo} goes on past {MAX_PAGES} pages; refused")
 
     def delete(self, repo: str, digest: str) -> bool:
         """Delete the manifest ``digest`` (and with it every tag that points at it); False if absent.
@@ -256,11 +262,13 @@ class Registry:
     # -- blobs -------------------------------------------------------------------------------
 
     def blob(self, repo: str, digest: str) -> bytes | None:
+        """A small blob (a config, an SBOM, a scan report), checked against its digest."""
         resp = self._request("GET", f"{repo}/blobs/{digest}", scope=self._scope(repo))
         if resp is None:
             return None
+        what = f"registry {self.address}: {repo}@{digest}"
         with resp:
-            return resp.read()
+            return verified(read_bounded(resp, MAX_BLOB, what), digest, what)
 
     def push_blob(self, repo: str, data: bytes) -> str:
         """Upload ``data`` as a blob of ``repo`` (monolithic upload; skipped when present); its digest."""
@@ -274,7 +282,7 @@ class Registry:
         if resp is None:
             raise EngineError(f"registry {self.address}: cannot start an upload to {repo}")
         with resp:
-            location = urllib.parse.urljoin(f"{self.scheme}://{self.address}/", resp.headers["Location"])
+            location = self._url(resp.headers["Location"])  # the registry's own address, or refused
         sep = "&" if "?" in location else "?"
         octets = {"Content-Type": "application/octet-stream"}
         put = self._request("PUT", f"{location}{sep}digest={urllib.parse.quote(digest)}", body=data, headers=octets, scope=scope)
@@ -301,8 +309,10 @@ class Registry:
         total = 0
         inflater = zlib.decompressobj(wbits=47)  # gzip or zlib header, detected
         with resp:
-            while chunk := resp.read(1 << 20):
+            stream = Digesting(resp, digest, f"registry {self.address}: {repo}@{digest}")
+            while chunk := stream.read(1 << 20):
                 total += len(inflater.decompress(chunk))
+            stream.finish()
         return total + len(inflater.flush())
 
     def layer_files(self, repo: str, digest: str) -> list[tuple[str, int]]:
@@ -311,13 +321,16 @@ class Registry:
         if resp is None:
             return []
         out: list[tuple[str, int]] = []
-        with resp, tarfile.open(fileobj=resp, mode="r|*") as tar:
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if member.name.rsplit("/", 1)[-1].startswith(".wh."):
-                    out.append((name, -1))
-                elif member.isfile():
-                    out.append((name, member.size))
+        stream = Digesting(resp, digest, f"registry {self.address}: {repo}@{digest}")
+        with resp:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:
+                for member in tar:
+                    name = member.name.removeprefix("./")
+                    if member.name.rsplit("/", 1)[-1].startswith(".wh."):
+                        out.append((name, -1))
+                    elif member.isfile():
+                        out.append((name, member.size))
+            stream.finish()
         return out
 
     # -- artifacts attached to an image ------------------------------------------------------
@@ -347,7 +360,7 @@ class Registry:
         resp = self._request("GET", f"{repo}/referrers/{subject_digest}", headers={"Accept": OCI_INDEX}, scope=self._scope(repo))
         if resp is not None and resp.headers.get("Content-Type", "").startswith(OCI_INDEX):
             with resp:
-                found = json.loads(resp.read()).get("manifests", [])
+                found = json.loads(read_bounded(resp, MAX_MANIFEST, f"registry {self.address}: referrers of {repo}@{subject_digest}")).get("manifests", [])
         else:
             if resp is not None:
                 resp.close()

@@ -194,6 +194,22 @@ def start_engine(state_dir: Path) -> str:
     return version
 
 
+def engine_is_ours(proc_root: Path = Path("/proc")) -> bool:
+    """Whether the running dockerd is one this toolkit started (:func:`start_engine`): its output
+    goes to ``dockerd.log`` in a folder the toolkit owns. Only then is its build cache all the
+    toolkit's to prune; another engine's cache holds other people's builds."""
+    for proc in proc_root.glob("[0-9]*"):
+        try:
+            if Path((proc / "cmdline").read_bytes().split(b"\0")[0].decode()).name != "dockerd":
+                continue
+            log_path = Path(os.readlink(proc / "fd" / "1"))
+        except (OSError, UnicodeDecodeError):
+            continue
+        if log_path.name == "dockerd.log" and is_owned(log_path.parent):
+            return True
+    return False
+
+
 def check_image_store() -> None:
     """Raise unless the engine keeps images in containerd (needed to export a registry cache)."""
     status = host.run(["docker", "info", "--format", "{{json .DriverStatus}}"], timeout=30).stdout
