@@ -15,6 +15,7 @@ from buildtool.adapters.scanner import Database
 from buildtool.cli.main import main
 from buildtool.core.errors import BuildError, SecurityError
 from buildtool.execute.gate import judge
+from buildtool.execute.security import CREATED_ANNOTATION, DB_ANNOTATION, REPORT_TYPE, SCANNERS_ANNOTATION
 from buildtool.model.allowlist import Allowlist, Entry
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
@@ -240,3 +241,73 @@ def test_enforce_without_a_database_says_how_to_provide_one(fleet_dir: Path, tmp
     run, _ = gate_run(fleet_dir, tmp_path / "auto", FakeScanner(db=""))  # auto: builds, marked NOT SCANNED
     assert {r.verdict.status for r in run.results} == {"NOT SCANNED"}
     assert any("NOT SCANNED" in n for n in run.notes)
+
+
+# -- the publish job: only a passed gate publishes -------------------------------------------------
+
+
+def pushed(fleet_dir: Path, tmp_path: Path, scanner: FakeScanner, **settings_changes):
+    """What CI's build jobs leave: the images of ServiceRegistry pushed by identity, reports attached; no tag moved."""
+    fleet = load_fleet(fleet_dir, today=TODAY)
+    s = dataclasses.replace(run_settings.from_sources(fleet, {"FLEET_STATE_DIR": str(tmp_path / "state"), "FLEET_PIP_CA": "/ca.crt"}), today=TODAY,
+                            **settings_changes)  # fmt: skip
+    registry = FakeRegistry()
+    plan = make_plan(fleet, services=["ServiceRegistry"])
+    write_rootfs = lambda *, out, **kw: (out.write_bytes(b"rootfs"), out)[1]  # noqa: E731
+    pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs, resolver=ServedApt(),
+                   scanner=scanner, tag="r1", commit=COMMIT, publish_tags=False)  # fmt: skip
+    return fleet, s, plan, registry
+
+
+def publish(fleet, s, plan, registry, **changes):
+    return pipeline.release(dataclasses.replace(s, **changes), fleet, plan, registry=registry, tag="r1", commit=COMMIT)
+
+
+def test_an_image_without_a_scan_report_is_not_released(fleet_dir: Path, tmp_path: Path) -> None:
+    fleet, s, plan, registry = pushed(fleet_dir, tmp_path, FakeScanner())
+    target = next(key for key in registry.referrer_list if key[0] == "fleet/family-web")
+    registry.referrer_list[target] = [r for r in registry.referrer_list[target] if r["artifactType"] != REPORT_TYPE]
+    with pytest.raises(BuildError, match=r"family-web@sha256:[0-9a-f]+ has no scan report.*not scanned, so not released"):
+        publish(fleet, s, plan, registry)
+    assert not any(tag in ("latest", "r1") for _, tag in registry.entries)
+
+
+def test_a_secrets_only_report_does_not_release_under_enforce(fleet_dir: Path, tmp_path: Path) -> None:
+    fleet, s, plan, registry = pushed(fleet_dir, tmp_path, FakeScanner(db=""))  # auto without a database: secrets only
+    with pytest.raises(BuildError, match="has no scan report for secrets and, with an advisory database, vulnerabilities"):
+        publish(fleet, s, plan, registry, vuln_policy="enforce")
+    with pytest.raises(BuildError, match="no scan report"):
+        publish(fleet, s, plan, registry, trivy_db_repository="127.0.0.1:5000/db/trivy-db:2")  # auto, with a database configured
+    assert not any(tag in ("latest", "r1") for _, tag in registry.entries)
+    run = publish(fleet, s, plan, registry)  # auto with no database anywhere: released, marked NOT SCANNED
+    assert {r.verdict.status for r in run.results} == {"NOT SCANNED"}
+
+
+@pytest.mark.parametrize("order, released", [(("fails", "passes"), True), (("passes", "fails"), False)])
+def test_the_newest_report_decides(fleet_dir: Path, tmp_path: Path, order: tuple[str, str], released: bool) -> None:
+    fleet, s, plan, registry = pushed(fleet_dir, tmp_path, FakeScanner())
+    repo = "fleet/family-web"
+    subject = registry.manifest(repo, registry.digest(repo, plan.steps[3].id_tag))
+    registry.referrer_list[(repo, subject.digest)] = [r for r in registry.referrer_list[(repo, subject.digest)] if r["artifactType"] != REPORT_TYPE]
+    reports = {"fails": report(STARLETTE), "passes": report()}
+    for when, name in zip(("2026-12-01T10:00:00.000000Z", "2026-12-02T10:00:00.000000Z"), order, strict=True):
+        registry.attach(repo, subject, artifact_type=REPORT_TYPE, data=json.dumps(reports[name]).encode(),
+                        annotations={DB_ANNOTATION: "v2-test", SCANNERS_ANNOTATION: "vuln,secret", CREATED_ANNOTATION: when})  # fmt: skip
+    registry.referrer_list[(repo, subject.digest)].reverse()  # the order the registry lists them in decides nothing
+    if released:
+        assert publish(fleet, s, plan, registry, vuln_policy="enforce").moves
+    else:
+        with pytest.raises(BuildError, match="family-web: FAILED"):
+            publish(fleet, s, plan, registry, vuln_policy="enforce")
+        assert not any(tag in ("latest", "r1") for _, tag in registry.entries)
+
+
+def test_undated_reports_of_an_older_toolkit_all_decide(fleet_dir: Path, tmp_path: Path) -> None:
+    fleet, s, plan, registry = pushed(fleet_dir, tmp_path, FakeScanner())
+    repo = "fleet/family-web"
+    subject = registry.manifest(repo, registry.digest(repo, plan.steps[3].id_tag))
+    registry.referrer_list[(repo, subject.digest)] = [r for r in registry.referrer_list[(repo, subject.digest)] if r["artifactType"] != REPORT_TYPE]
+    for rep in (report(STARLETTE), report()):  # a failing report, then a passing one: the last read used to win
+        registry.attach(repo, subject, artifact_type=REPORT_TYPE, data=json.dumps(rep).encode(), annotations={DB_ANNOTATION: "v2-test"})
+    with pytest.raises(BuildError, match="family-web: FAILED"):
+        publish(fleet, s, plan, registry, vuln_policy="enforce")

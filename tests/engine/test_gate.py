@@ -8,6 +8,7 @@ to each image by digest, and vulnerabilities are NOT SCANNED. With the test data
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 import os
 import time
@@ -170,7 +171,7 @@ def test_the_torch_entry_covers_the_torch_families_only(testdb, tmp_path) -> Non
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "requirements.txt").write_text((REPO / "lockfiles" / "family-torch-cu121.txt").read_text())
     trivy = Trivy(tmp_path / "cache")
-    trivy.database(folder=testdb, repository="", now=None)
+    trivy.database(folder=testdb, repository="", now=dt.datetime.now(dt.UTC))
     trivy._run(["fs", *OFFLINE_ARGS, "--scanners", "vuln", "--format", "json", "--output", str(tmp_path / "r.json"), str(tmp_path / "src")], what="scan")
     report = json.loads((tmp_path / "r.json").read_text())
     kw = {"repository": "family-torch-cu121", "digest": "", "allowlist": fleet.allowlist, "policy": "enforce", "db_version": "x",
