@@ -1,5 +1,6 @@
 """A stand-in of the part of GitHub's REST API that :mod:`buildtool.adapters.github` uses: list,
-open and update the pull requests of a repository, held in memory. It serves on 127.0.0.1 only,
+open and update the pull requests of a repository, and list and delete the versions of container
+packages (ghcr.io's images), held in memory. It serves on 127.0.0.1 only,
 wants ``Authorization: Bearer TOKEN`` (401 otherwise) and records every request (method, path,
 query, JSON body, the headers but Authorization, whether the token was right) in
 :attr:`GitHubStandIn.requests` and, given ``record``, as one JSON line each appended to that file
@@ -23,6 +24,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
 PULLS = re.compile(r"/repos/([^/]+)/([^/]+)/pulls(?:/([0-9]+))?")
+VERSIONS = re.compile(r"/(orgs|users)/([^/]+)/packages/container/([^/]+)/versions(?:/([0-9]+))?")
 
 
 class GitHubStandIn:
@@ -31,6 +33,7 @@ class GitHubStandIn:
         self.record = Path(record) if record else None
         self.requests: list[dict] = []
         self.pulls: dict[str, list[dict]] = {}  # "owner/name" -> pull objects, by number
+        self.packages: dict[tuple[str, str, str], list[dict]] = {}  # (orgs|users, owner, url-encoded package) -> versions
         self.override: Callable[[str, str], tuple[int, dict[str, str], bytes] | None] | None = None
         self._lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), _handler(self))
@@ -57,7 +60,29 @@ class GitHubStandIn:
         pulls.append(pull)
         return pull
 
+    def add_version(self, kind: str, owner: str, package: str, digest: str, tags: list[str]) -> dict:
+        """A version of a container package (an image manifest on ghcr.io), as the Packages API lists it."""
+        from urllib.parse import quote
+
+        versions = self.packages.setdefault((kind, owner, quote(package, safe="")), [])
+        version = {"id": 1000 + sum(len(v) for v in self.packages.values()), "name": digest, "metadata": {"container": {"tags": tags}}}
+        versions.append(version)
+        return version
+
     def answer(self, method: str, path: str, query: dict[str, str], body: object) -> tuple[int, object]:
+        v = VERSIONS.fullmatch(path)
+        if v:
+            versions = self.packages.get((v[1], v[2], v[3]))
+            if versions is None:
+                return 404, {"message": "Package not found."}
+            if method == "GET" and v[4] is None:
+                per_page, page = int(query.get("per_page", "30")), int(query.get("page", "1"))
+                return 200, versions[(page - 1) * per_page : page * per_page]
+            found = [x for x in versions if str(x["id"]) == v[4]]
+            if method == "DELETE" and found:
+                versions.remove(found[0])
+                return 204, None
+            return 404, {"message": "Not Found"}
         m = PULLS.fullmatch(path)
         if not m or (m[3] is None) != (method in ("GET", "POST")):
             return 404, {"message": "Not Found"}
@@ -100,7 +125,7 @@ class GitHubStandIn:
             if special:
                 return special
             status, answer = self.answer(request.command, url.path, entry["query"], body) if authorized else (401, {"message": "Bad credentials"})
-        return status, {"Content-Type": "application/json"}, json.dumps(answer).encode()
+        return status, {"Content-Type": "application/json"}, b"" if status == 204 else json.dumps(answer).encode()
 
 
 def _handler(standin: GitHubStandIn) -> type[BaseHTTPRequestHandler]:
@@ -113,7 +138,7 @@ def _handler(standin: GitHubStandIn) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = do_PATCH = _serve
+        do_GET = do_POST = do_PATCH = do_DELETE = _serve
 
         def log_message(self, *args: object) -> None:
             pass

@@ -112,46 +112,18 @@ def _message(answer: urllib.error.HTTPError) -> str:
     return f": {_clean(message, 300)}" if isinstance(message, str) and message else ""
 
 
-class PullRequests:
-    """The pull requests of ``repository`` (``OWNER/NAME``), through the API at ``api_url`` with ``token``."""
+class _Api:
+    """The API at ``api_url`` with ``token``: one request at a time, through :meth:`_call`."""
 
-    def __init__(self, api_url: str, repository: str, token: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, api_url: str, token: str, *, timeout: float = 30.0) -> None:
         self._base, self.host, loopback = _api(api_url)
-        m = REPOSITORY.fullmatch(repository) if isinstance(repository, str) else None
-        if not m:
-            raise GitHubError(f"the repository {str(repository)[:120]!r} is not OWNER/NAME (letters, digits and '-'; in NAME also '_' and '.')")
         if not _full(TOKEN, token):
             raise GitHubError("the GitHub token is empty, or holds whitespace, control or non-ASCII characters")
-        self.owner, self.name = m[1], m[2]
         self._token = token
         self.timeout = timeout
         self._opener = urllib.request.build_opener(_NoRedirect(), *([urllib.request.ProxyHandler({})] if loopback else []))
         self.requests = 0  # requests made, for tests
 
-    def open_or_update(self, *, branch: str, base: str, title: str, body: str) -> PullRequest:
-        """Update the lowest-numbered open pull request of ``branch`` into ``base``, or open one."""
-        for what, ref in (("branch", branch), ("base", base)):
-            if not _full(REF, ref):
-                raise GitHubError(f"the {what} {str(ref)[:120]!r} is not a safe branch name (letters, digits, '.', '_', '/', '-'; "
-                                  "no '..', '//' or '/.'; not ending in '/', '.' or '.lock')")  # fmt: skip
-        if not _full(TITLE, title) or not isinstance(body, str):
-            raise GitHubError("the pull request title must be one line of 1 to 256 characters without control characters, and its body text")
-        body, pulls = _cut(body), f"/repos/{self.owner}/{self.name}/pulls"
-        found = self._call("GET", pulls, query={"head": f"{self.owner}:{branch}", "base": base, "state": "open", "per_page": "100"})
-        shaped = [_pull(p) for p in found] if isinstance(found, list) else [None]
-        if None in shaped:
-            raise self._error(f"GET {pulls} answered something other than a list of pull requests")
-        mine = sorted(p for p in shaped if p and p[2] == branch and p[3] == base)
-        if mine:
-            path, action = f"{pulls}/{mine[0][0]}", "updated"
-            answer = self._call("PATCH", path, {"title": title, "body": body})
-        else:
-            path, action = pulls, "opened"
-            answer = self._call("POST", path, {"title": title, "head": branch, "base": base, "body": body, "maintainer_can_modify": False}, expect=201)
-        pull = _pull(answer)
-        if not pull or pull[2:] != (branch, base) or (mine and pull[0] != mine[0][0]):
-            raise self._error(f"{'PATCH' if mine else 'POST'} {path} answered something other than the pull request of {branch} into {base}")
-        return PullRequest(number=pull[0], url=pull[1], action=action)
 
     def _error(self, text: str) -> GitHubError:
         return GitHubError(f"GitHub API at {self.host}: {text}".replace(self._token, "[token]"))
@@ -179,7 +151,99 @@ class PullRequests:
             raise self._error(f"{where} answered more than 1 MiB; refused")
         if status != expect:
             raise self._error(f"{where} answered HTTP {status}, not {expect}")
+        if status == 204:
+            return None  # No Content: a delete done
         try:
             return json.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise self._error(f"{where} answered something that is not JSON") from exc
+
+
+class PullRequests(_Api):
+    """The pull requests of ``repository`` (``OWNER/NAME``), through the API at ``api_url`` with ``token``."""
+
+    def __init__(self, api_url: str, repository: str, token: str, *, timeout: float = 30.0) -> None:
+        m = REPOSITORY.fullmatch(repository) if isinstance(repository, str) else None
+        if not m:
+            raise GitHubError(f"the repository {str(repository)[:120]!r} is not OWNER/NAME (letters, digits and '-'; in NAME also '_' and '.')")
+        super().__init__(api_url, token, timeout=timeout)
+        self.owner, self.name = m[1], m[2]
+
+    def open_or_update(self, *, branch: str, base: str, title: str, body: str) -> PullRequest:
+        """Update the lowest-numbered open pull request of ``branch`` into ``base``, or open one."""
+        for what, ref in (("branch", branch), ("base", base)):
+            if not _full(REF, ref):
+                raise GitHubError(f"the {what} {str(ref)[:120]!r} is not a safe branch name (letters, digits, '.', '_', '/', '-'; "
+                                  "no '..', '//' or '/.'; not ending in '/', '.' or '.lock')")  # fmt: skip
+        if not _full(TITLE, title) or not isinstance(body, str):
+            raise GitHubError("the pull request title must be one line of 1 to 256 characters without control characters, and its body text")
+        body, pulls = _cut(body), f"/repos/{self.owner}/{self.name}/pulls"
+        found = self._call("GET", pulls, query={"head": f"{self.owner}:{branch}", "base": base, "state": "open", "per_page": "100"})
+        shaped = [_pull(p) for p in found] if isinstance(found, list) else [None]
+        if None in shaped:
+            raise self._error(f"GET {pulls} answered something other than a list of pull requests")
+        mine = sorted(p for p in shaped if p and p[2] == branch and p[3] == base)
+        if mine:
+            path, action = f"{pulls}/{mine[0][0]}", "updated"
+            answer = self._call("PATCH", path, {"title": title, "body": body})
+        else:
+            path, action = pulls, "opened"
+            answer = self._call("POST", path, {"title": title, "head": branch, "base": base, "body": body, "maintainer_can_modify": False}, expect=201)
+        pull = _pull(answer)
+        if not pull or pull[2:] != (branch, base) or (mine and pull[0] != mine[0][0]):
+            raise self._error(f"{'PATCH' if mine else 'POST'} {path} answered something other than the pull request of {branch} into {base}")
+        return PullRequest(number=pull[0], url=pull[1], action=action)
+
+
+OWNER = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,38}")
+PACKAGE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
+MAX_VERSION_PAGES = 100  # of 100 versions each
+
+
+class ContainerPackages(_Api):
+    """The versions of ``owner``'s container packages (ghcr.io's images), through GitHub's Packages
+    API: ghcr.io refuses the registry API's manifest delete (HTTP 405), so retention deletes here.
+    ``owner`` is an organisation, or else a user (the API's other path)."""
+
+    def __init__(self, api_url: str, owner: str, token: str, *, timeout: float = 30.0) -> None:
+        if not _full(OWNER, owner):
+            raise GitHubError(f"the package owner {str(owner)[:60]!r} is not a GitHub account name")
+        super().__init__(api_url, token, timeout=timeout)
+        self.owner = owner
+        self._kind = ""  # "orgs" or "users", found on first use
+
+    def _path(self, package: str, suffix: str = "") -> str:
+        if not _full(PACKAGE, package):
+            raise GitHubError(f"the package {str(package)[:120]!r} is not an image name")
+        return f"/{self._kind}/{self.owner}/packages/container/{urllib.parse.quote(package, safe='')}/versions{suffix}"
+
+    def versions(self, package: str) -> dict[str, int]:
+        """Manifest digest -> version id of every version of ``package`` (a name below the owner)."""
+        found: dict[str, int] = {}
+        for page in range(1, MAX_VERSION_PAGES + 1):
+            answer = self._page(package, page)
+            if not isinstance(answer, list) or not all(isinstance(v, dict) and isinstance(v.get("id"), int) and _full(DIGEST, v.get("name")) for v in answer):
+                raise self._error(f"GET {self._path(package)} answered something other than a list of package versions")
+            found |= {v["name"]: v["id"] for v in answer}
+            if len(answer) < 100:
+                return found
+        raise self._error(f"{package} has more than {MAX_VERSION_PAGES * 100} versions; refused")
+
+    def _page(self, package: str, page: int) -> object:
+        query = {"per_page": "100", "page": str(page)}
+        if self._kind:
+            return self._call("GET", self._path(package), query=query)
+        for kind in ("orgs", "users"):
+            self._kind = kind
+            try:
+                return self._call("GET", self._path(package), query=query)
+            except GitHubError as exc:
+                if "HTTP 404" not in exc.message or kind == "users":
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def delete(self, package: str, version: int) -> None:
+        self._call("DELETE", self._path(package, f"/{int(version)}"), expect=204)
+
+
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
