@@ -155,6 +155,10 @@ CASES = [
     Case("env-registry-trailing-newline", set_env(FLEET_REGISTRY="127.0.0.1:5000\n"), BUILD, 2, "environment", "FLEET_REGISTRY"),
     Case("env-org-trailing-newline", set_env(FLEET_ORG="fleet\n"), BUILD, 2, "environment", "FLEET_ORG"),
     Case("env-force-tag-newline", set_env(FORCE_IMAGE_TAG="v1\nlatest"), BUILD, 2, "environment", "FORCE_IMAGE_TAG"),
+    # A rollback target is a release tag: not the referrers index, not latest, never an option.
+    Case("env-force-tag-referrers", set_env(FORCE_IMAGE_TAG="sha256-" + "a" * 64), BUILD, 2, "environment", "FORCE_IMAGE_TAG", "release tag"),
+    Case("env-force-tag-latest", set_env(FORCE_IMAGE_TAG="latest"), BUILD, 2, "environment", "FORCE_IMAGE_TAG", "release tag"),
+    Case("env-force-tag-id", set_env(FORCE_IMAGE_TAG="id-" + "b" * 64), BUILD, 2, "environment", "FORCE_IMAGE_TAG", "release tag"),
     Case("env-token-newline", set_env(FLEET_REGISTRY_TOKEN="abc\r\nX-Evil: 1"), BUILD, 2, "environment", "FLEET_REGISTRY_TOKEN", "value not shown"),
     Case("service-file-name-newline", write("services/Evil\n.toml", 'family = "family-web"\n'), VALIDATE, 2, "services/Evil\\n.toml", "",
          "rename the file"),
@@ -232,7 +236,9 @@ CASES = [
     Case("lock-fifo", lambda r: ((r / WEB_LOCK).unlink(), os.mkfifo(r / WEB_LOCK)), CHECK, 4, WEB_LOCK, "", "FIFO"),
     Case("lock-missing-build", lambda r: (r / WEB_LOCK).unlink(), BUILD, 4, WEB_LOCK, "", "missing"),
     Case("lock-edited-build", replace(WEB_LOCK, "gunicorn==23.0.0", "gunicorn==22.0.0"), BUILD, 4, WEB_LOCK, "", "nothing was built"),
-    Case("service-lock-edited-build", append(SHS_LOCK, "evil-package==6.6.6\n"), BUILD_SHS, 4, SHS_LOCK, "", "edited by hand"),
+    Case("service-lock-edited-build", append(SHS_LOCK, "evil-package==6.6.6 \\\n    --hash=sha256:" + "b" * 64 + "\n"), BUILD_SHS, 4, SHS_LOCK, "",
+         "edited by hand"),
+    Case("service-lock-unhashed-pin", append(SHS_LOCK, "evil-package==6.6.6\n"), BUILD_SHS, 4, SHS_LOCK, "line", "is not a pin"),
     Case("lock-stale-inputs-build", replace(WEB_FAM, '"websockets==13.1"', '"websockets==13.0"'), BUILD, 4, WEB_LOCK, "", "stale"),
     # --- output paths the toolkit must not delete or write through
     Case("render-out-repository", lambda r: None, ("render", "--out", "{root}"), 11, "render --out", "", "repository"),
@@ -275,6 +281,46 @@ CASES = [
     # --- command lines
     Case("unknown-option", lambda r: None, ("build", "--no-such-option"), 3, "unrecognized arguments", ""),
     Case("unknown-service", lambda r: None, ("plan", "ServiceRegistri"), 3, "ServiceRegistri", "", "did you mean"),
+    # Names are unique across the registry: validate checks every repository the plan would write.
+    Case("family-named-cache", write("families/cache.toml", 'description = "x"\nparent = "family-web"\n'), VALIDATE, 2, "families/cache.toml", "",
+         "the toolkit's own repository"),
+    Case("family-named-like-a-builder-root", write("families/base-python-builder.toml", 'description = "x"\nparent = "family-web"\n'), VALIDATE, 2,
+         "families/base-python-builder.toml", "", "builder root"),
+    Case("family-named-like-a-machine-image", write("families/family-llm-cu121-pc2.toml", 'description = "x"\nparent = "family-web"\n'), VALIDATE,
+         2, "families/family-llm-cu121-pc2.toml", "", "rename one of them"),
+    Case("allowlist-image-typo", append("security/allowlist.toml", '\n[[vulnerability]]\nid = "CVE-2024-1"\npackage = "x"\nimage = "family-webb"\n'
+                                        'reason = "r"\nowner = "o"\nexpires = 2027-01-20\n'), VALIDATE, 2, "security/allowlist.toml", ".image",
+         "did you mean 'family-web'?"),
+    # Fleet values that change behaviour without showing it.
+    Case("bidi-override-in-a-value", replace(SVC, 'needs = "CPU/Web"', 'needs = "CPU/\\u202eWeb"'), VALIDATE, 2, SVC, "needs", "bidirectional"),
+    Case("zero-width-in-a-key", prepend(SVC, '"po\\u200brt" = 1\n'), VALIDATE, 2, SVC, "", "invisible"),
+    Case("dotted-key-3000-deep", prepend(SVC, "env." + ".".join(["a"] * 3000) + " = 1\n"), VALIDATE, 2, SVC, "env.a.a", "nested more than"),
+    Case("cuda-arch-unknown", replace(PC2, 'cuda_arch = "8.6"', 'cuda_arch = "9.9"'), VALIDATE, 2, PC2, "cuda_arch", "no GPU's compute capability"),
+    Case("entrypoint-empty-element", prepend(SVC, 'entrypoint = ["python", "", "-m", "x"]\n'), VALIDATE, 2, SVC, "entrypoint", "is empty"),
+    Case("entrypoint-empty-command", prepend(SVC, 'entrypoint = [" ", "x"]\n'), VALIDATE, 2, SVC, "entrypoint", "command (its first element) is empty"),
+    Case("smoke-check-empty-name", append(UTILS, '\n[[smoke]]\nname = ""\nrun = ["true"]\n'), VALIDATE, 2, UTILS, "].name", "is empty"),
+    Case("service-file-without-toml", write("services/Extra.tml", 'family = "family-web"\n'), VALIDATE, 2, "services/Extra.tml", "",
+         "is not a definition"),
+    # One list of variables no fleet file sets: the toolkit's own, those that change which code runs,
+    # and for a build those that redirect or weaken the hash-locked install.
+    Case("profile-ld-preload", replace(PC2, 'OMP_NUM_THREADS = "4"', 'LD_PRELOAD = "/tmp/x.so"'), VALIDATE, 2, PC2, "profile.LD_PRELOAD",
+         "changes which code"),
+    Case("profile-pythonpath", replace(PC2, 'OMP_NUM_THREADS = "4"', 'PYTHONPATH = "/tmp"'), VALIDATE, 2, PC2, "profile.PYTHONPATH", "changes which code"),
+    Case("profile-path", replace(PC2, 'OMP_NUM_THREADS = "4"', 'PATH = "/tmp:/usr/bin"'), VALIDATE, 2, PC2, "profile.PATH", "changes which code"),
+    Case("profile-service-port", replace(PC2, 'OMP_NUM_THREADS = "4"', 'SERVICE_PORT = "9999"'), VALIDATE, 2, PC2, "profile.SERVICE_PORT",
+         "the toolkit in every service image"),
+    Case("service-env-ld-audit", prepend(SVC, 'env = { LD_AUDIT = "/tmp/x.so" }\n'), VALIDATE, 2, SVC, "env.LD_AUDIT", "changes which code"),
+    Case("family-env-ld-preload", utils_env('LD_PRELOAD = "/tmp/x.so"'), VALIDATE, 2, UTILS, "env.LD_PRELOAD", "changes which code"),
+    Case("builder-env-pip-index", replace(LLM, 'SKBUILD_WHEEL_EXCLUDE = "', 'PIP_INDEX_URL = "http://evil.invalid/simple"\nX = "'), VALIDATE, 2, LLM,
+         "builder.env.PIP_INDEX_URL", "hash-locked install"),
+    Case("builder-env-proxy", replace(LLM, 'SKBUILD_WHEEL_EXCLUDE = "', 'https_proxy = "http://evil.invalid:3128"\nX = "'), VALIDATE, 2, LLM,
+         "builder.env.https_proxy", "hash-locked install"),
+    Case("builder-env-home", replace(LLM, 'SKBUILD_WHEEL_EXCLUDE = "', 'HOME = "/app"\nX = "'), VALIDATE, 2, LLM, "builder.env.HOME", "hash-locked install"),
+    Case("lock-line-carries-an-index", append(WEB_LOCK, "--extra-index-url http://evil.invalid/simple\n"), BUILD, 4, WEB_LOCK, "line",
+         "is not a pin"),
+    Case("lock-hash-line-carries-an-option", append(WEB_LOCK, "zzz==1.0 \\\n    --hash=sha256:" + "a" * 64 + " --trusted-host evil.invalid\n"),
+         BUILD, 4, WEB_LOCK, "line", "is not a pin"),
+    Case("machine-file-without-extension", write("machines/edge", 'description = "x"\n'), VALIDATE, 2, "machines/edge", "", "is not a definition"),
 ]
 
 

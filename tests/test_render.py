@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 
+import pytest
+
 from buildtool.plan.plan import make_plan
-from buildtool.render.dockerfile import render_family, render_service
+from buildtool.render.dockerfile import HEALTH_PROBE, render_family, render_service
 from tests import memory
 
 
@@ -28,7 +31,8 @@ def test_service_dockerfile_follows_the_blueprint() -> None:
     assert text.rstrip().splitlines()[-1] == 'CMD ["python", "/app/agent.py"]'
     assert re.findall(r"^USER (.+)$", runtime, re.M)[-1] == "10001:10001"
     assert "EXPOSE 7000 8000" in text
-    assert 'CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8000/health"]' in text
+    probe = json.loads(re.search(r"^  CMD (\[.*\])$", text, re.M).group(1))
+    assert probe == ["python", "-I", "-c", HEALTH_PROBE, "http://127.0.0.1:8000/health"]
     assert 'MACHINE="big"' in text and 'OMP_NUM_THREADS="16"' in text
 
 
@@ -43,12 +47,35 @@ def test_service_extras_install_only_their_own_pins_with_hashes_and_secret() -> 
     assert reqs.startswith("httpx==0.27.0 \\\n    --hash=sha256:") and "numpy" not in reqs  # numpy comes with pydeps
 
 
-def test_healthcheck_without_curl_uses_python() -> None:
-    fleet = memory.fleet()
-    assert not fleet.has_os_package("llm", "curl")
-    text = render_service(fleet, fleet.services["Chat"], fleet.machines["big"]).dockerfile
-    assert "curl" not in text
-    assert "urllib.request.urlopen('http://127.0.0.1:8001/health'" in text
+@pytest.mark.parametrize("status, body, healthy", [(200, b'{"status": "ok"}', True), (200, b'{"status": "degraded"}', False),
+                                                   (200, b"<html>a proxy's page</html>", False), (200, b'["ok"]', False),
+                                                   (503, b'{"status": "ok"}', False)])  # fmt: skip
+def test_the_health_probe_wants_status_ok(status: int, body: bytes, healthy: bool, real_subprocess: None) -> None:
+    """The rendered probe, run as the image runs it, against an answer of each kind (seed 002 §5)."""
+    import subprocess
+    import sys
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Health(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/health"
+        probe = subprocess.run([sys.executable, "-I", "-c", HEALTH_PROBE, url], capture_output=True, timeout=30, check=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert (probe.returncode == 0) is healthy, probe.stderr
 
 
 def test_machine_profile_is_baked_per_machine() -> None:

@@ -41,7 +41,7 @@ def _pip_compile_argv(target: Target, infile: Path, outfile: Path, constraints: 
         raise LockError(f"{target.name}: pip-compile locks for the running Python ({running}) only, this needs {target.python}; use --engine uv")
     argv = [
         "pip-compile", "--quiet", "--generate-hashes", "--strip-extras", "--allow-unsafe",
-        "--index-url", INDEX_URL, "--no-emit-index-url",
+        "--index-url", INDEX_URL, "--no-emit-index-url", "--no-emit-find-links", "--no-emit-trusted-host",  # pins and hashes only
         "--output-file", str(outfile),
     ]  # fmt: skip
     if constraints:

@@ -88,7 +88,7 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
     """Valid families parents-first, and the names of all family files."""
     raw: dict[str, tuple[str, dict[str, Any], Any]] = {}
     defined: set[str] = set()
-    for path in file_names(c, "families"):
+    for path in file_names(c, "families", also=(".sh",)):  # builder setup scripts live beside the families
         file = path.relative_to(c.root).as_posix()
         if not NAME_RE.fullmatch(path.stem):
             c.add(repr(file) if "\n" in file else file, "", f"family name {path.stem!r} must be lowercase letters, digits and '-'; rename the file")
@@ -144,7 +144,7 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
         if v.get("os_packages") and "root" in data:
             c.add(file, "os_packages", "a root family's Debian packages are its root.packages; move them there (children add os_packages)")
         env = v.get("env", ())
-        check_env_names(c, file, "env", env, dict.fromkeys(ROOT_ENV_NAMES, "the toolkit in every family image"))
+        check_env_names(c, file, "env", env, dict.fromkeys(ROOT_ENV_NAMES, "the toolkit in every family image"), allow=frozenset({"LD_LIBRARY_PATH"}))
         builder = _read_builder(c, file, data["builder"], bool(reqs), machine_specific) if "builder" in data else None
         vuln_policy = v.get("vuln_policy", parent.vuln_policy if parent else "enforce")
         if v.get("vuln_policy") == "warn" and not v.get("vuln_policy_reason", "").strip():
@@ -204,6 +204,7 @@ def _read_builder(c: Collector, file: str, data: Any, has_requirements: bool, ma
             fix = "build requirements are locked without their dependencies, so pin each exactly (name==version)"
             c.add(file, f"builder.requirements[{i}]", f"{line!r}: {fix}")
     _check_debs(c, file, "builder.os_packages", v.get("os_packages", ()))
+    check_env_names(c, file, "builder.env", v.get("env", ()), dict.fromkeys(ROOT_ENV_NAMES, "the toolkit in every build"), build=True)
     for name, value in v.get("env", ()):
         refs = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", value)
         allowed = {"CMAKE_CUDA_ARCHITECTURES", "TORCH_CUDA_ARCH_LIST"} if machine_specific else set()
@@ -224,7 +225,9 @@ def _read_smoke(c: Collector, file: str, data: Any) -> tuple[SmokeCheck, ...]:
     checks = []
     for i, item in enumerate(data):
         v = c.table(file, f"smoke[{i}]", item, SMOKE_SCHEMA, "smoke")
-        if "run" in v and not v["run"]:
+        if isinstance(v.get("name"), str) and not v["name"].strip():
+            c.add(file, f"smoke[{i}].name", "is empty; name the check")
+        elif "run" in v and not v["run"]:
             c.add(file, f"smoke[{i}].run", "must name a command to run")
         elif "name" in v and "run" in v:
             checks.append(SmokeCheck(name=v["name"], run=v["run"], gpu=v.get("gpu", False)))

@@ -20,11 +20,12 @@ from buildtool.core.names import did_you_mean, image_slug
 from buildtool.model.allowlist import read_allowlist
 from buildtool.model.archives import read_archives
 from buildtool.model.families import read_families
-from buildtool.model.locks import LOCK_DIR, Lock, parse_lock
+from buildtool.model.locks import LOCK_DIR, Lock, LockSyntax, parse_lock
 from buildtool.model.oslocks import OS_LOCK_DIR, OsLock, OsLockSyntax, parse_os_lock
 from buildtool.model.profiles import check_profile
 from buildtool.model.schema import (
     ARCH_RE,
+    CUDA_ARCHES,
     FLEET_SCHEMA,
     MACHINE_SCHEMA,
     NAME_RE,
@@ -91,6 +92,9 @@ def _read_machines(c: Collector) -> tuple[dict[str, Machine], set[str]]:
         if arch and not ARCH_RE.fullmatch(arch):
             c.add(file, "cuda_arch", f"{arch!r} is not a CUDA compute capability like '8.9'")
             arch = ""
+        elif arch and arch not in CUDA_ARCHES:
+            c.add(file, "cuda_arch", f"{arch!r} is no GPU's compute capability; one of {', '.join(CUDA_ARCHES)} (RTX 4090: 8.9, RTX 3060: 8.6)")
+            arch = ""
         if v.get("gpu") and not arch and "cuda_arch" not in data:
             c.add(file, "cuda_arch", 'a machine with a GPU needs its compute capability, e.g. cuda_arch = "8.6"')
         if v.get("gpu") and "vram_gb" not in data:
@@ -108,6 +112,7 @@ def _read_machines(c: Collector) -> tuple[dict[str, Machine], set[str]]:
             informational=v.get("informational", ()),
         )
         generated = dict.fromkeys(GENERATED_PROFILE_KEYS, "the toolkit (from the machine's name, gpu, vram_gb and cuda_arch)")
+        generated |= dict.fromkeys(SERVICE_ENV_NAMES, "the toolkit in every service image (from the service's port)")
         check_env_names(c, file, "profile", machine.profile, generated)
         # A [profile] or informational list reported as invalid above is not judged again (None).
         keys = [k for k, _ in machine.profile] if "profile" in v or "profile" not in data else None
@@ -280,7 +285,10 @@ def _read_locks(root: Path) -> tuple[dict[str, Lock], dict[str, OsLock], dict[st
                 faults[rel] = f"{rel}: is not UTF-8 (byte {exc.start}); regenerate it with `nox -s lock`"
             else:
                 if not rel.startswith(OS_LOCK_DIR + "/"):
-                    locks[rel] = parse_lock(rel, text)
+                    try:
+                        locks[rel] = parse_lock(rel, text)
+                    except LockSyntax as exc:
+                        faults[rel] = f"{exc}; regenerate it with `nox -s lock`"
                     continue
                 try:
                     os_locks[rel] = parse_os_lock(rel, text)

@@ -80,10 +80,25 @@ def stamp(text: str, inputs: str, engine: str) -> str:
     return "\n".join([*header, f"# {INPUTS_KEY}: {inputs}", f"# {CONTENT_KEY}: {digest}", f"# {ENGINE_KEY}: {engine}", *body]) + "\n"
 
 
+class LockSyntax(ValueError):
+    """A line of a lock that is not what the lock writer writes (a pip option, say)."""
+
+
+# What uv and pip-compile write, line by line, and nothing else: a lock's lines reach build contexts,
+# so a pip option (--index-url, -e, -r, --trusted-host...) on any line is refused, never installed.
+PIN_LINE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9._,-]*\])?==[A-Za-z0-9.+!_-]+( ; [A-Za-z0-9_.<>=!~'\" ()-]+)? \\")
+HASH_LINE = re.compile(r" {4}--hash=sha256:[0-9a-f]+( \\)?")
+COMMENT_LINE = re.compile(r" *#[^\x00-\x08\x0b-\x1f]*|")
+
+
 def parse_lock(path: str, text: str) -> Lock:
-    """Parse the pins of a pip-tools/uv ``--generate-hashes`` output."""
+    """Parse the pins of a pip-tools/uv ``--generate-hashes`` output; a line it would not write
+    raises :class:`LockSyntax` naming it."""
     pins: dict[str, Pin] = {}
     current: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not (PIN_LINE.fullmatch(line) or HASH_LINE.fullmatch(line) or COMMENT_LINE.fullmatch(line)):
+            raise LockSyntax(f"{path}: line {number}: {line[:80]!r} is not a pin (name==version \\), a --hash=sha256 line or a comment")
 
     def flush() -> None:
         if current:

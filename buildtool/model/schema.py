@@ -20,6 +20,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from buildtool.core.errors import ConfigError, Problem
 from buildtool.core.names import canonical, did_you_mean
 from buildtool.model.sources import check_folder
+from buildtool.model.text import hostile
 
 # Characters no single-line field may hold: C0 controls (newline, CR, tab, NUL, ESC...), DEL,
 # C1 controls, and the Unicode line and paragraph separators.
@@ -33,6 +34,8 @@ ENV_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 PYTHON_RE = re.compile(r"3\.[0-9]{1,2}")
 CUDA_RE = re.compile(r"[0-9]{2}\.[0-9]")
 ARCH_RE = re.compile(r"[0-9]{1,2}\.[0-9]")
+# The compute capabilities NVIDIA's GPUs have (Maxwell to Blackwell): an arch outside this list is a typo.
+CUDA_ARCHES = ("5.0", "5.2", "5.3", "6.0", "6.1", "6.2", "7.0", "7.2", "7.5", "8.0", "8.6", "8.7", "8.9", "9.0", "10.0", "10.1", "12.0", "12.1")
 SUITE_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 # An image reference: [registry[:port]/]path[:tag][@sha256:digest], at least a tag or a digest.
 IMAGE_RE = re.compile(
@@ -44,6 +47,8 @@ ORG_RE = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+
 REGISTRY_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(?::[0-9]{1,5})?")
 DEB_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # a name only: versions live in lockfiles/os
 IMAGE_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# A release tag as publish writes it: YYYYMMDD-GITSHA (or -nogit), a dirty tree adding the hash of its changes.
+RELEASE_TAG_RE = re.compile(r"[0-9]{8}-(?:[0-9a-f]{7,40}|nogit)(?:-dirty-[0-9a-f]{8})?")
 # An apt archive's address: http(s), a host name or address, a port, a path of plain segments.
 ARCHIVE_URL_RE = re.compile(r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~+-]+)*")
 SNAPSHOT_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # snapshot.debian.org's timestamps: 20261121T095414Z
@@ -92,6 +97,10 @@ def _argv(v: Any) -> tuple[Any, str | None]:
         return None, "must be a list of strings"
     if any("\x00" in x for x in v):
         return None, "an argument holds a NUL byte, which no command line can carry"
+    if v and not v[0].strip():
+        return None, "the command (its first element) is empty; name the program to run"
+    if "" in v:
+        return None, f"element {v.index('')} is empty (''); remove it, or write the argument it stands for"
     return tuple(v), None
 
 
@@ -283,12 +292,18 @@ class Collector:
             self.add(rel, "", f"cannot be read: it is not UTF-8 (byte {exc.start}); save it as UTF-8")
             return None
         try:
-            return tomllib.loads(text)
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             self.add(rel, "", f"not valid TOML ({exc}); fix the syntax")
+            return None
         except RecursionError:
             self.add(rel, "", "not valid TOML: arrays or tables are nested too deeply; flatten them")
-        return None
+            return None
+        found = hostile(data)
+        if found:
+            self.add(rel, *found)
+            return None
+        return data
 
     def table(self, file: str, prefix: str, data: Any, schema: Mapping[str, Checker], kind: str) -> dict[str, Any]:
         """Check ``data`` against ``schema``; return the converted values of the keys that passed."""
@@ -332,10 +347,28 @@ def check_requirements(c: Collector, file: str, key: str, reqs: tuple[str, ...])
         seen.add(name)
 
 
-def check_env_names(c: Collector, file: str, key: str, env: tuple[tuple[str, str], ...], reserved: Mapping[str, str]) -> None:
+# Variables that change which code a process runs or loads. No fleet file sets one; a family may
+# set LD_LIBRARY_PATH (``allow``), where its own libraries live.
+LOADER_VARS = re.compile(r"LD_[A-Z_]*|PATH|PYTHON(?:PATH|HOME|STARTUP|USERBASE|INSPECT|EXECUTABLE|SAFEPATH|PLATLIBDIR|NOUSERSITE|BREAKPOINT)"
+                         r"|BASH_ENV|ENV|IFS|NODE_OPTIONS|PERL5OPT|PERL5LIB|RUBYOPT|GCONV_PATH")  # fmt: skip
+# Variables that change where pip, uv or apt install from, or how they check it: a build's
+# hash-locked install takes none from a fleet file.
+INSTALLER_VARS = re.compile(r"(?:PIP|UV)_[A-Z0-9_]*|[A-Z]*_PROXY|REQUESTS_CA_BUNDLE|SSL_CERT_(?:FILE|DIR)|CURL_CA_BUNDLE|APT_CONFIG|NETRC"
+                            r"|PYTHONHTTPSVERIFY|HOME|XDG_CONFIG_(?:HOME|DIRS)", re.IGNORECASE)  # HOME: where pip.conf and .netrc are read  # fmt: skip
+
+
+def check_env_names(c: Collector, file: str, key: str, env: tuple[tuple[str, str], ...], reserved: Mapping[str, str], *,
+                    allow: frozenset[str] = frozenset(), build: bool = False) -> None:  # fmt: skip
+    """Every variable a fleet file sets (a profile, an image's or a build's env) is checked against
+    one list: the toolkit's own (``reserved``), those that change which code runs, and, for a
+    build (``build``), those that redirect or weaken the hash-locked install."""
     for name, _ in env:
         if name in reserved:
             c.add(file, f"{key}.{name}", f"is set by {reserved[name]} and cannot be replaced here; remove it or rename the variable")
+        elif LOADER_VARS.fullmatch(name) and name not in allow:
+            c.add(file, f"{key}.{name}", "changes which code a process runs or loads (the loader's, the shell's or Python's search); remove it")
+        elif build and INSTALLER_VARS.fullmatch(name):
+            c.add(file, f"{key}.{name}", "changes where pip or apt install from, or how they check it; the hash-locked install takes none: remove it")
 
 
 def check_source(c: Collector, file: str, key: str, rel: str, *, want_file: bool = False) -> bool:
@@ -345,7 +378,17 @@ def check_source(c: Collector, file: str, key: str, rel: str, *, want_file: bool
     return why is None
 
 
-def file_names(c: Collector, folder: str) -> list[Path]:
-    """The ``*.toml`` files of ``folder``, sorted; a name that cannot be shown is reported."""
+def file_names(c: Collector, folder: str, *, also: tuple[str, ...] = ()) -> list[Path]:
+    """The ``*.toml`` files of ``folder``, sorted. Anything else there but files ending in one of
+    ``also`` (families/ holds builder setup scripts, ``.sh``) is reported: a misnamed definition
+    (``Foo.tml``, ``Foo``) is never skipped without a word."""
     base = c.root / folder
-    return sorted(base.glob("*.toml")) if base.is_dir() and not base.is_symlink() else []
+    if not base.is_dir() or base.is_symlink():
+        return []
+    found = []
+    for entry in sorted(base.iterdir()):
+        if entry.name.endswith(".toml") and entry.name != ".toml":
+            found.append(entry)
+        elif not (also and entry.name.endswith(also) and entry.is_file()):
+            c.add(f"{folder}/{entry.name}", "", f"is not a definition (NAME.toml); every entry of {folder}/ is one: rename it or move it out")
+    return found

@@ -40,6 +40,21 @@ class SourceTree:
     files: tuple[tuple[str, bytes], ...]
 
 
+# Never part of an image, whatever fleet.toml's ``ignore`` says: version control metadata (a token
+# in .git/config), dotenv and credential files, and the toolkit's own folders (a state dir or render
+# output carries the marker file; its name is repeated here so the model needs no adapter).
+NEVER = (".git", ".hg", ".svn", ".bzr", ".env", ".env.*", ".envrc", ".netrc", "_netrc", ".pypirc", ".npmrc", ".pgpass", ".git-credentials",
+         ".dockercfg", ".docker", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*")  # fmt: skip
+TOOLKIT_MARKER = ".buildtool-output"
+
+
+def never(name: str, path: Path, is_dir: bool, *, outputs: bool = False) -> bool:
+    """Whether the entry ``name`` (at ``path``) stays out of every build context; a folder of the
+    toolkit's (it holds the marker) too, unless ``outputs`` (a copy of the fleet keeps those the
+    toolkit wrote into it, such as the bench's agent)."""
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in NEVER) or (is_dir and not outputs and os.path.lexists(path / TOOLKIT_MARKER))
+
+
 def ignored(rel: str, patterns: tuple[str, ...]) -> bool:
     """Whether ``rel`` (a path inside a source folder) matches one of the fleet's ignore patterns."""
     parts = rel.split("/")
@@ -99,7 +114,7 @@ def read_regular(path: Path, shown: str) -> bytes:
         return fh.read()
 
 
-def read_tree(root: Path, rel: str, ignore: tuple[str, ...]) -> SourceTree:
+def read_tree(root: Path, rel: str, ignore: tuple[str, ...], *, outputs: bool = False) -> SourceTree:
     """Read the folder ``rel`` of ``root`` (already checked with :func:`check_folder`).
 
     A symlink is followed only to a regular file inside the folder, and its content is taken.
@@ -119,9 +134,9 @@ def read_tree(root: Path, rel: str, ignore: tuple[str, ...]) -> SourceTree:
             raise SourceProblem(shown(prefix) if prefix else rel, f"cannot be listed ({exc.strerror})") from None
         for entry in entries:
             inner = f"{prefix}{entry.name}"
-            if ignored(inner, ignore):
-                continue
             mode = entry.stat(follow_symlinks=False).st_mode
+            if ignored(inner, ignore) or never(entry.name, Path(entry.path), stat.S_ISDIR(mode), outputs=outputs):
+                continue
             if stat.S_ISDIR(mode):
                 walk(Path(entry.path), inner + "/")
             elif stat.S_ISREG(mode):

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from buildtool.core.errors import ConfigError, Problem, UsageError
 from buildtool.core.hashing import sha256_json
 from buildtool.core.names import did_you_mean
+from buildtool.core.refs import CACHE_REPOSITORY
+from buildtool.model.allowlist import FILE as ALLOWLIST_FILE
 from buildtool.model.oslocks import Pins
 from buildtool.model.types import Family, Fleet, Root, Service, SmokeCheck
 from buildtool.render.dockerfile import Rendered, render_family, render_service
@@ -200,15 +202,22 @@ def _service_step(fleet: Fleet, service: Service, machine: str, family_step: Ste
     )
 
 
+TOOLKIT = "the toolkit"
+
+
 def check_repositories(fleet: Fleet) -> None:
     """Every image of the fleet (each family, builder root and service on each machine) has a
-    repository of its own; two that would share one are a ConfigError naming both files."""
-    owners: dict[str, tuple[str, str]] = {}
+    repository of its own, and none is one the toolkit keeps for itself (the build cache); two
+    that would share one are a ConfigError naming both files. ``validate`` and every plan run it."""
+    owners: dict[str, tuple[str, str]] = {CACHE_REPOSITORY: (TOOLKIT, "the registry build cache")}
     problems: list[Problem] = []
 
     def claim(repository: str, file: str, what: str) -> None:
         other = owners.setdefault(repository, (file, what))
-        if other != (file, what) and other[0] != file:
+        if other[0] == TOOLKIT:
+            problems.append(Problem(file=file, key="", message=f"its image {what} would be pushed to {repository!r}, which is {other[1]}, "
+                                                               "the toolkit's own repository (prune deletes its tags); rename the file"))  # fmt: skip
+        elif other != (file, what) and other[0] != file:
             message = f"its image {what} would be pushed to {repository!r}, as {other[1]} of {other[0]} is; rename one of them"
             problems.append(Problem(file=file, key="", message=message))
 
@@ -222,6 +231,11 @@ def check_repositories(fleet: Fleet) -> None:
         for machine in service.machines:
             repository = service_repository(fleet, service, machine)
             claim(repository, service.file, repository)
+    images = [r for r, (file, _) in owners.items() if file != TOOLKIT]
+    for entry in fleet.allowlist.entries:  # an image scope names an image of the plan, or it silently allows nothing
+        if entry.scope == "image" and entry.value not in images:
+            problems.append(Problem(file=ALLOWLIST_FILE, key=f"{entry.where}.image",
+                                    message=f"{entry.value!r} is no image of the fleet; {did_you_mean(entry.value, images, listing='images')}"))  # fmt: skip
     if problems:
         raise ConfigError(problems)
 

@@ -270,12 +270,21 @@ def render_family(fleet: Fleet, family: Family, machine: Machine | None) -> Rend
     return Rendered(dockerfile=text, files=tuple(files), clamped=clamped)
 
 
+# The health contract (seed 002 §5): GET /health answers HTTP 200 with the JSON {"status": "ok"}.
+# An answer of 200 alone (a proxy's page, {"status": "degrading"}) is not healthy.
+HEALTH_PROBE = (
+    "import json, sys, urllib.request\n"
+    "with urllib.request.urlopen(sys.argv[1], timeout=5) as answer:\n"
+    "    body = json.load(answer)\n"
+    "sys.exit(0 if isinstance(body, dict) and body.get('status') == 'ok' else 1)"
+)
+
+
 def healthcheck(fleet: Fleet, service: Service) -> list[str]:
-    """An exec-form health probe that works in the service's image (curl where the family has it)."""
-    url = f"http://127.0.0.1:{service.health_port}/health"
-    if fleet.has_os_package(service.family, "curl"):
-        return ["curl", "-fsS", "-o", "/dev/null", url]
-    return ["python", "-c", f"import urllib.request; urllib.request.urlopen({url!r}, timeout=5)"]
+    """An exec-form health probe (the image's Python, which every family has): the service's
+    health port answers ``{"status": "ok"}``."""
+    # -I: isolated, so an app file named json.py or a PYTHON* variable cannot change what the probe runs.
+    return ["python", "-I", "-c", HEALTH_PROBE, f"http://127.0.0.1:{service.health_port}/health"]
 
 
 def service_requirements(fleet: Fleet, service: Service) -> str:
