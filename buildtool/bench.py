@@ -49,13 +49,14 @@ from buildtool.model.locks import family_lock_path, service_lock_path
 from buildtool.model.types import Fleet, Service
 from buildtool.plan.plan import MB, Plan, make_plan
 from buildtool.render import quote
-from buildtool.settings import Settings
+from buildtool.settings import PIP_INDEX_VAR, Settings
 
 CHANGED_SERVICE = "ServiceRegistry"  # gets its own copy of the agent code, changed by the bench
 CHANGED_FAMILY = "family-web"
 ADDED_REQUIREMENT = "itsdangerous==2.2.0"  # small, pure Python, in no lock of the fleet
 NAIVE = ["ServiceRegistry", "SelfHealingSupervisor", "AdvancedCommandHandler"]  # web, own requirements, legacy
 GROUPS = {"cpu", "legacy"}  # the CPU fleet: no CUDA family builds in the bench
+TOOLKIT_SECRETS = ("FLEET_REGISTRY_TOKEN", PIP_INDEX_VAR)  # what a toolkit child process needs of its parent's secrets
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,7 +180,7 @@ class Bench:
         env = {"FLEET_STATE_DIR": str(self.settings.state_dir), "FLEET_ORG": self.settings.org}
         argv = [sys.executable, "-m", "buildtool", "--root", str(self.root), *args]
         start = time.monotonic()
-        proc = host.run(argv, env=env, check=False)
+        proc = host.run(argv, env=env, check=False, keep=TOOLKIT_SECRETS)  # the toolkit itself: its own credentials
         took = time.monotonic() - start
         if proc.returncode != 0:
             raise BuildError(f"{' '.join(argv[2:])} failed (exit {proc.returncode}):\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
@@ -195,7 +196,7 @@ class Bench:
         argv = self.bake.argv(file, "--progress=plain", *extra, reads=(self.settings.ca_bundle, file.parent))
         log = file.parent / "bake.log"
         start = time.monotonic()
-        proc = host.run(argv, env=self.bake.env, check=False)
+        proc = host.run(argv, env=self.bake.env, check=False, keep=(PIP_INDEX_VAR,))  # the BuildKit secret pip_index
         took = time.monotonic() - start
         log.write_text(proc.stdout + proc.stderr)
         if proc.returncode != 0:

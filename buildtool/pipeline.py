@@ -30,7 +30,17 @@ from buildtool.core.errors import BuildError, LockError
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
 from buildtool.execute.gate import judge
 from buildtool.execute.lookup import to_build
-from buildtool.execute.security import DB_ANNOTATION, NO_DB, REPORT_TYPE, Scanner, registry_sbom, registry_sbom_data, stale_entries
+from buildtool.execute.security import (
+    DB_ANNOTATION,
+    NO_DB,
+    REPORT_TYPE,
+    Scanner,
+    deciding_reports,
+    needs_database,
+    registry_sbom,
+    registry_sbom_data,
+    stale_entries,
+)
 from buildtool.execute.security import prepare as security_prepare
 from buildtool.locking import apt, aptsource, oslock
 from buildtool.locking.lock import verify
@@ -73,6 +83,7 @@ def prepare_state(settings: Settings) -> None:
     """The state dir must be the toolkit's (the repository's own build/ is adopted)."""
     adopt(settings.root / "build")
     owned_dir(settings.state_dir, repo=settings.root, what="state dir (FLEET_STATE_DIR)")
+    adopt(settings.state_dir)  # a state dir of the old layout: its folders get their own markers, once
 
 
 def one_at_a_time(fn: Callable[..., T]) -> Callable[..., T]:
@@ -95,6 +106,11 @@ def bring_up(settings: Settings, *, engine: bool = True) -> RegistryClient:
         setup.ensure_engine(state_dir=settings.state_dir)
     if is_loopback(settings.registry):
         setup.ensure_registry(settings.registry, storage_dir=settings.registry_storage, state_dir=settings.state_dir)
+    return registry_client(settings)
+
+
+def registry_client(settings: Settings) -> RegistryClient:
+    """The run's registry client, with the run's credentials: every command builds it here."""
     return RegistryClient(settings.registry, token=settings.registry_token, user=settings.registry_user)
 
 
@@ -168,6 +184,8 @@ def build(settings: Settings, fleet: Fleet, plan: Plan, **kwargs: object) -> Run
     (no tag moved) when an image failed, failed the gate, or was blocked, and Interrupted (no tag
     moved) when a stop signal came. See :func:`_build` for the keyword arguments.
     """
+    if kwargs.get("publish_tags", True):
+        settings.require_release("a build that moves the release tags (--no-publish builds and pushes by identity only)")
     problems = verify(fleet, lock_names(fleet, plan))
     problems += oslock.verify(fleet, {f.name for s in plan.steps for f in fleet.lineage(s.lineage[-1])})
     if problems:
@@ -257,6 +275,8 @@ def release(
     Every image must be in the registry by its identity, with a passing (or warned) gate verdict
     from the scan report kept beside it; otherwise no tag moves.
     """
+    if not report_only:
+        settings.require_release("publish")
     prepare_state(settings)
     if registry is None:
         registry = bring_up(settings, engine=False)
@@ -284,24 +304,37 @@ def release(
 
 
 def summarise(settings: Settings, fleet: Fleet, registry: Registry, step) -> Result:
-    """An image as the registry holds it: present by identity, its gate verdict and its SBOM."""
+    """An image as the registry holds it: present by identity, its gate verdict and its SBOM. The
+    verdict is the newest scan report's that fits the run's policy (see
+    :func:`~buildtool.execute.security.deciding_reports`); with none, the image is "unscanned" and
+    cannot be released."""
     repo = settings.ref(step.repository).path
     digest = registry.digest(repo, step.id_tag)
     if not digest:
         return Result(key=step.key, repository=step.repository, status="missing", message=f"{repo}:{step.id_tag} is not in the registry")
-    verdict = None
-    for ref in registry.referrers(repo, digest, REPORT_TYPE):
-        db = ref.get("annotations", {}).get(DB_ANNOTATION, NO_DB)
+    if not settings.scan:  # the library's switch for tests of other things: no gate, no verdict
+        return Result(key=step.key, repository=step.repository, status="cached", digest=digest)
+    lineage = step.lineage
+    policy = "warn" if settings.vuln_policy == "warn" or any(fleet.families[f].vuln_policy == "warn" for f in lineage) else "enforce"
+    needs_db = needs_database(settings)
+    verdicts = []
+    for ref in deciding_reports(registry.referrers(repo, digest, REPORT_TYPE), needs_db=needs_db):
+        db = (ref.get("annotations") or {}).get(DB_ANNOTATION, NO_DB)
         manifest = registry.manifest(repo, ref["digest"])
-        data = registry.blob(repo, manifest.data["layers"][0]["digest"]) if manifest else None
-        if data:
-            lineage = step.lineage
-            policy = "warn" if settings.vuln_policy == "warn" or any(fleet.families[f].vuln_policy == "warn" for f in lineage) else "enforce"
-            verdict = judge(json.loads(data), repository=step.repository, digest=digest, lineage=lineage, allowlist=fleet.allowlist,
-                            policy=policy, db_version="" if db == NO_DB else db, today=settings.today)  # fmt: skip
-    message = verdict.summary() if verdict and verdict.failed else ""
-    return Result(key=step.key, repository=step.repository, status="cached", digest=digest, verdict=verdict,
-                  sbom=registry_sbom(registry, repo, digest), message=message)  # fmt: skip
+        data = registry.blob(repo, manifest.data["layers"][0]["digest"]) if manifest and manifest.data.get("layers") else None
+        if not data:
+            verdicts = []  # a deciding report that cannot be read decides nothing: not scanned
+            break
+        verdicts.append(judge(json.loads(data), repository=step.repository, digest=digest, lineage=lineage, allowlist=fleet.allowlist,
+                              policy=policy, db_version="" if db == NO_DB else db, today=settings.today))  # fmt: skip
+    sbom = registry_sbom(registry, repo, digest)
+    if not verdicts:
+        wanted = "for secrets and, with an advisory database, vulnerabilities" if needs_db else "for secrets"
+        return Result(key=step.key, repository=step.repository, status="unscanned", digest=digest, sbom=sbom,
+                      message=f"{repo}@{digest} has no scan report {wanted}: not scanned, so not released (run its build job again)")  # fmt: skip
+    verdict = next((v for v in verdicts if v.failed), verdicts[0])
+    message = verdict.summary() if verdict.failed else ""
+    return Result(key=step.key, repository=step.repository, status="cached", digest=digest, verdict=verdict, sbom=sbom, message=message)
 
 
 @one_at_a_time
@@ -310,20 +343,27 @@ def prune(settings: Settings, fleet: Fleet, *, registry: Registry | None = None,
     cache beyond its size, local images of other orgs, build contexts and scan work folders.
     Returns what was done, a line each; nothing latest or prev needs is touched."""
     from buildtool.adapters.files import remove
-    from buildtool.publish.prune import prune_cache, prune_repository
+    from buildtool.adapters.github import ContainerPackages
+    from buildtool.publish.prune import GHCR, PackageDeleter, prune_cache, prune_repository
 
+    if not dry_run:
+        settings.require_release("prune")
     prepare_state(settings)
     if registry is None:
         registry = bring_up(settings, engine=local)
     plan = make_plan(fleet, all_families=True, all_services=True)
     pinned = [settings.force_image_tag] if settings.force_image_tag else []
+    delete = None  # the registry API's delete
+    if settings.registry == GHCR:  # which answers it with HTTP 405: GitHub's Packages API deletes there
+        delete = PackageDeleter(ContainerPackages(settings.github_api_url, settings.org.split("/")[0], settings.registry_token or ""))
     lines = []
     for step in plan.steps:
         repo = settings.ref(step.repository).path
-        kept = prune_repository(registry, repo, releases=settings.keep_releases, pinned=pinned, current_ids=[step.id_tag], dry_run=dry_run)
+        kept = prune_repository(registry, repo, releases=settings.keep_releases, pinned=pinned, current_ids=[step.id_tag], dry_run=dry_run,
+                                delete=delete)  # fmt: skip
         if kept.deleted:
             lines.append(f"{repo}: {len(kept.deleted)} image(s) {'to delete' if dry_run else 'deleted'}; kept {', '.join(kept.kept_tags)}")
-    cache = prune_cache(registry, settings.org, {s.repository for s in plan.steps}, dry_run=dry_run)
+    cache = prune_cache(registry, settings.org, {s.repository for s in plan.steps}, dry_run=dry_run, delete=delete)
     if cache.deleted:
         lines.append(f"{cache.repository}: {len(cache.deleted)} stale cache manifest(s) {'to delete' if dry_run else 'deleted'}")
     if not dry_run:
@@ -332,9 +372,12 @@ def prune(settings: Settings, fleet: Fleet, *, registry: Registry | None = None,
         from buildtool.adapters.engine import Docker
 
         docker = Docker()
-        lines.append(f"build cache: {docker.prune_build_cache(settings.build_cache_keep) or 'nothing to free'} (kept up to {settings.build_cache_keep})")
+        if setup.engine_is_ours():
+            lines.append(f"build cache: {docker.prune_build_cache(settings.build_cache_keep) or 'nothing to free'} (kept up to {settings.build_cache_keep})")
+        else:
+            lines.append("build cache: left alone; this engine was not started by the toolkit, so its cache holds others' builds (`docker buildx prune`)")
         removed = docker.remove_images(settings.registry, settings.org)
-        lines.append(f"local images of other orgs: {len(removed)} removed")
+        lines.append(f"local images the toolkit built for other orgs: {len(removed)} removed")
         for folder in ("contexts", "scan"):
             if (settings.state_dir / folder).exists():
                 remove(settings.state_dir / folder)

@@ -21,12 +21,17 @@ FLEET_TRIVY_DB_REPOSITORY  where to download Trivy's database from (refreshed da
 FLEET_STEP_TIME_LIMIT      seconds every build, check or push step may take (default: time_limit_minutes)
 FLEET_CACHE_MODE           what a build exports to the registry cache: min (the image's own layers;
                            default) or max (every stage's too: for runners that start with no cache)
+GITHUB_API_URL             GitHub's REST API (default https://api.github.com): prune deletes there on ghcr.io
+GITHUB_ACTIONS, GITHUB_REF under GitHub Actions, only a run of refs/heads/main releases: any other
+                           ref (or none) builds into its own org, ORG/branch-<hash of the ref>, with
+                           its own cache, and publish, rollback and prune refuse
 =========================  ==========================================================
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -35,12 +40,13 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-from buildtool.core.errors import ConfigError, Problem
+from buildtool.core.errors import ConfigError, Problem, RefError
 from buildtool.core.refs import ImageRef, cache_ref
-from buildtool.model.schema import CONTROL, IMAGE_RE, IMAGE_TAG_RE, ORG_RE, REGISTRY_RE
+from buildtool.model.schema import CONTROL, IMAGE_RE, ORG_RE, REGISTRY_RE, RELEASE_TAG_RE
 from buildtool.model.types import Fleet
 
 PIP_INDEX_VAR = "FLEET_PIP_INDEX_URL"
+RELEASE_REF = "refs/heads/main"  # the one ref whose CI runs move release tags, roll back and prune
 
 
 @cache
@@ -73,6 +79,15 @@ class Settings:
     cache: bool = True  # False: every image from scratch, no BuildKit or registry cache (``repro``)
     cache_mode: str = "min"  # registry cache export: "min" (the image's layers) or "max" (every stage's)
     today: dt.date = dt.date(1970, 1, 1)  # the date allowlist expiries are read against
+    github_api_url: str = "https://api.github.com"  # GITHUB_API_URL: the Packages API deletes on ghcr.io
+    ci_ref: str = ""  # under GitHub Actions: the ref the run is for ("" outside Actions)
+    may_release: bool = True  # False for a CI run of any ref but RELEASE_REF: its org is its own
+
+    def require_release(self, action: str) -> None:
+        """Refuse ``action`` (it moves or deletes release tags) in a CI run of any ref but main."""
+        if not self.may_release:
+            raise RefError(f"{action} runs only for {RELEASE_REF}; this run is for {self.ci_ref or 'an unknown ref'!r}, whose images "
+                           f"went to its own org {self.org!r}. Nothing was moved or deleted; run it from main")  # fmt: skip
 
     def ref(self, repository: str, tag: str = "", digest: str = "") -> ImageRef:
         return ImageRef(registry=self.registry, org=self.org, repository=repository, tag=tag, digest=digest)
@@ -108,7 +123,7 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
 
     registry = pick("registry", "FLEET_REGISTRY", fleet.settings.registry, REGISTRY_RE, "a registry host[:port]")
     org = pick("org", "FLEET_ORG", fleet.settings.org, ORG_RE, "an image path of lowercase letters, digits, '.', '_', '-' and '/'")
-    force = pick("force_image_tag", "FORCE_IMAGE_TAG", "", IMAGE_TAG_RE, "an image tag")
+    force = pick("force_image_tag", "FORCE_IMAGE_TAG", "", RELEASE_TAG_RE, "a release tag (YYYYMMDD-GITSHA, as publish writes it)")
     policy = pick("vuln_policy", "FLEET_VULN_POLICY", "auto", re.compile("auto|enforce|warn"), "a policy: auto, enforce or warn")
     db_repo = pick("trivy_db_repository", "FLEET_TRIVY_DB_REPOSITORY", "", IMAGE_RE, "an image reference like ghcr.io/aquasecurity/trivy-db:2")
     cache_mode = pick("cache_mode", "FLEET_CACHE_MODE", str(d["cache_mode"]), re.compile("min|max"), "a cache mode: min or max")
@@ -120,6 +135,12 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
             problems.append(Problem(file="environment", key=var, message=f"holds a line break or control character (value not shown); fix or unset {var}"))
     if problems:
         raise ConfigError(problems)
+    ci_ref, may_release = "", True
+    if env.get("GITHUB_ACTIONS") == "true":
+        ci_ref = env.get("GITHUB_REF", "")
+        may_release = ci_ref == RELEASE_REF
+        if not may_release:  # a branch's identity tags and cache never land where main reads them
+            org = f"{org}/branch-{hashlib.sha256(ci_ref.encode()).hexdigest()[:12]}"
     return Settings(
         root=fleet.root,
         registry=registry,
@@ -142,4 +163,7 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
         keep_releases=int(flags.get("keep_releases") or d["keep_releases"]),  # type: ignore[call-overload]
         build_cache_keep=str(d["build_cache_keep"]),
         cache_mode=cache_mode,
+        github_api_url=env.get("GITHUB_API_URL") or "https://api.github.com",
+        ci_ref=ci_ref,
+        may_release=may_release,
     )

@@ -95,9 +95,10 @@ def prepare_database(org: str, state: Path, extra: list[dict] | None = None) -> 
     return f"{ADDRESS}/{org}/trivy-db:2"
 
 
-def _act(repo: Path, event: str, path: str, *, state: Path, artifacts: Path, values: dict[str, str], env: dict[str, str], timeout: float) -> ActRun:
+def _act(repo: Path, event: str, path: str, *, state: Path, artifacts: Path, values: dict[str, str], env: dict[str, str], timeout: float,
+         extra: list[str] | None = None) -> ActRun:  # fmt: skip
     argv = [
-        "act", event, "-W", str(repo / path), "-P", "ubuntu-24.04=-self-hosted",
+        "act", event, *(extra or []), "-W", str(repo / path), "-P", "ubuntu-24.04=-self-hosted",
         "--local-repository", f"{_ref(workflow.SETUP_PYTHON)}={REPO / '.github/act/setup-python'}",
         "--local-repository", f"{_ref(workflow.UPLOAD_ARTIFACT)}={REPO / '.github/act/upload-artifact'}",
         "--action-cache-path", str(state / "act-cache"), "--no-cache-server", "--rm",
@@ -114,15 +115,21 @@ def _act(repo: Path, event: str, path: str, *, state: Path, artifacts: Path, val
     return ActRun(returncode=proc.returncode, seconds=time.monotonic() - started, log=proc.stdout + proc.stderr, org=values["FLEET_ORG"], artifacts=artifacts)
 
 
-def run(repo: Path, *, org: str, groups: str, services: str, state: Path, variables: dict[str, str] | None = None, timeout: float = 3600) -> ActRun:
-    """Run build.yml of ``repo`` (a git checkout) for a push, after forwarding its OS locks; act's exit code and log."""
+def run(repo: Path, *, org: str, groups: str, services: str, state: Path, variables: dict[str, str] | None = None, timeout: float = 3600,
+        event: str = "push", ref: str = "") -> ActRun:  # fmt: skip
+    """Run build.yml of ``repo`` (a git checkout) on ``event``, after forwarding its OS locks; act's
+    exit code and log. ``ref``: the event's ref, as GitHub's payload carries it (act's default is main)."""
     for line in forward_locks(repo):
         print(f"forwarded {line}")
     artifacts = state / f"act-artifacts-{org}"
     artifacts.mkdir(parents=True, exist_ok=True)
     values = {"FLEET_REGISTRY": ADDRESS, "FLEET_ORG": org, "FLEET_CI_GROUPS": groups, "FLEET_CI_SERVICES": services,
               "FLEET_TRIVY_DB_REPOSITORY": prepare_database(org, state), **(variables or {})}  # fmt: skip
-    return _act(repo, "push", workflow.PATH, state=state, artifacts=artifacts, values=values, env={}, timeout=timeout)
+    payload = []
+    if ref:
+        (state / f"event-{org}.json").write_text(json.dumps({"ref": ref, "inputs": {}}))
+        payload = ["-e", str(state / f"event-{org}.json")]
+    return _act(repo, event, workflow.PATH, state=state, artifacts=artifacts, values=values, env={}, timeout=timeout, extra=payload)
 
 
 @dataclass(frozen=True)

@@ -47,11 +47,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _outside_github_actions(monkeypatch: pytest.MonkeyPatch) -> None:
     """The suite runs inside GitHub Actions jobs too (under act): its output and the job summary
-    must not depend on that. Tests of the Actions extras turn them on themselves."""
+    must not depend on that, nor on the ref the job runs for (a branch builds into its own org).
+    Tests of the Actions extras turn them on themselves."""
     from buildtool.cli import console
 
     monkeypatch.setattr(console, "IN_GITHUB", False)
-    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+    for var in ("GITHUB_STEP_SUMMARY", "GITHUB_ACTIONS", "GITHUB_REF"):
+        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(autouse=True)

@@ -157,9 +157,43 @@ def test_the_tool_lock_holds_every_dependency() -> None:
     root = PACKAGE.parent
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     wanted = [*project["dependencies"], *project["optional-dependencies"]["test"]]
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (root / "requirements" / "toolkit.in").read_text(), re.M))
-    locked = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\", (root / "requirements" / "toolkit.txt").read_text(), re.M))
+    def norm(name: str) -> str:  # PEP 503: ruamel.yaml, ruamel-yaml and Ruamel_Yaml are one project
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pins = {norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", (root / "requirements" / "toolkit.in").read_text(), re.M)}
+    locked = {norm(n): v for n, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+) \\", (root / "requirements" / "toolkit.txt").read_text(), re.M)}
     for req in wanted:
         name = re.split(r"[=<>!~ ]", req, maxsplit=1)[0]
-        assert name in pins, f"{name} (pyproject.toml) is not pinned in requirements/toolkit.in"
-    assert all(locked.get(n.lower(), locked.get(n)) == v for n, v in pins.items()), "requirements/toolkit.txt is stale: nox -s lock_tools"
+        assert norm(name) in pins, f"{name} (pyproject.toml) is not pinned in requirements/toolkit.in"
+    assert all(locked.get(n) == v for n, v in pins.items()), "requirements/toolkit.txt is stale: nox -s lock_tools"
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """`pip install -e .[test]` gives everything the toolkit and its tests import."""
+    import ast
+    import importlib.metadata
+    import re
+    import sys
+    import tomllib
+
+    root = PACKAGE.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[=<>!~ \[]", r, maxsplit=1)[0].lower().replace("_", "-").replace(".", "-")
+                for r in [*project["dependencies"], *project["optional-dependencies"]["test"]]}  # fmt: skip
+    dists = importlib.metadata.packages_distributions()
+    missing = set()
+    for path in [*PACKAGE.rglob("*.py"), *(root / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            for top in {n.split(".")[0] for n in names}:
+                if top in sys.stdlib_module_names or top in ("buildtool", "tests", "__future__"):
+                    continue
+                for dist in dists.get(top, [top]):
+                    if dist.lower().replace("_", "-").replace(".", "-") not in declared:
+                        missing.add(f"{top} ({dist}), imported by {path.relative_to(root)}")
+    assert not missing, sorted(missing)

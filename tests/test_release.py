@@ -85,13 +85,13 @@ def write_rootfs(*, out: Path, **kw) -> Path:
 def test_force_image_tag_during_a_build_changes_nothing(fleet_dir: Path, tmp_path: Path) -> None:
     fleet = load_fleet(fleet_dir)
     registry = FakeRegistry()
-    pinned = registry.add("fleet/base-python", "pinned", "an older release")
-    s = settings_for(fleet_dir, tmp_path, FORCE_IMAGE_TAG="pinned")
+    pinned = registry.add("fleet/base-python", "20261101-0000aaa", "an older release")
+    s = settings_for(fleet_dir, tmp_path, FORCE_IMAGE_TAG="20261101-0000aaa")
     plan = make_plan(fleet, families=["base-python"])
     run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs, resolver=ServedApt(),
                          commit=COMMIT)  # fmt: skip
     assert run.tag == "20261120-abc1234"
-    assert registry.entries[("fleet/base-python", "pinned")] == pinned  # the pinned release still names what it named
+    assert registry.entries[("fleet/base-python", "20261101-0000aaa")] == pinned  # the pinned release still names what it named
     assert registry.digest("fleet/base-python", "20261120-abc1234") == registry.digest("fleet/base-python", "latest")
 
 

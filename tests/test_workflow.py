@@ -57,6 +57,28 @@ def test_only_the_publish_job_moves_tags() -> None:
             assert "nox -s build" not in scripts or "--no-publish" in scripts, name
 
 
+def test_only_main_moves_or_deletes_release_tags() -> None:
+    """Every job that moves or deletes tags runs for main alone, in the release environment; the
+    state dir of every toolkit step lies outside the checkout."""
+    docs = {"build": parsed(workflow.render(load_fleet(REPO)))}
+    docs |= {name: parsed((REPO / f".github/workflows/{name}.yml").read_text()) for name in ("rollback", "prune", "refresh")}
+    releasing = {("build", "publish"), ("rollback", "rollback"), ("prune", "prune")}
+    for name, doc in docs.items():
+        for job_name, job in doc["jobs"].items():
+            writes = "write" in job.get("permissions", {}).get("packages", "")
+            if (name, job_name) in releasing:
+                assert job["environment"] == workflow.ENVIRONMENT, (name, job_name)
+                assert "github.ref == 'refs/heads/main'" in job["if"], (name, job_name)
+            else:
+                assert "environment" not in job, (name, job_name)
+                assert not writes or ("nox -s build" in str(job["steps"]) and "--no-publish" in str(job["steps"])), (name, job_name)
+            for step in job["steps"]:
+                if "nox -s" in step.get("run", "") and "FLEET_REGISTRY_TOKEN" in step.get("env", {}):
+                    assert step["env"]["FLEET_STATE_DIR"].startswith("${{ runner.temp }}/"), (name, job_name, step["name"])
+    upload = next(s for s in docs["build"]["jobs"]["publish"]["steps"] if "upload-artifact" in s.get("uses", ""))
+    assert upload["with"]["path"].startswith("${{ runner.temp }}/fleet-state/")
+
+
 def test_hardened() -> None:
     text = workflow.render(load_fleet(REPO))
     doc = parsed(text)

@@ -16,6 +16,7 @@ import json
 
 from buildtool.model.types import Fleet
 from buildtool.plan.plan import Step, make_plan
+from buildtool.settings import RELEASE_REF
 
 PATH = ".github/workflows/build.yml"
 # Third-party actions, pinned by commit (the version in the comment).
@@ -23,6 +24,7 @@ CHECKOUT = "actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1  # v7.0.1"
 SETUP_PYTHON = "actions/setup-python@5fda3b95a4ea91299a34e894583c3862153e4b97  # v7.0.0"
 UPLOAD_ARTIFACT = "actions/upload-artifact@bbbca2ddaa5d8feaa63e36b76fdaad77386f024f  # v7.0.0"
 RUNNER = "ubuntu-24.04"
+ENVIRONMENT = "release"  # the GitHub environment of every job that moves or deletes release tags
 PYTHON = "3.11"
 MINUTES = {"test": 30, "cpu": 60, "gpu": 240, "services": 120, "publish": 30}
 SELECTED = "contains(format(' {0} ', env.FLEET_CI_GROUPS), format(' {0} ', matrix.group))"
@@ -34,6 +36,8 @@ HEADER = """\
 # identity only. Repository variables: FLEET_REGISTRY (default ghcr.io), FLEET_ORG (default the
 # owner, lower-cased), FLEET_TRIVY_DB_REPOSITORY, FLEET_CI_GROUPS, FLEET_CI_SERVICES (service names, or
 # all; each word passed after --, so never an option).
+# Only a run for main publishes, in the `release` environment (its deployment-branch rule: main);
+# any other ref's build jobs push into their own org (ORG/branch-<hash of the ref>) and cache.
 # Build jobs are --locked: an OS lock the archive no longer serves fails them, naming the refresh
 # (refresh.yml proposes it daily as a pull request).
 name: build
@@ -107,6 +111,7 @@ RUNNER_PREP = """\
 """
 
 REGISTRY_ENV = """\
+          FLEET_STATE_DIR: ${{ runner.temp }}/fleet-state  # outside the checkout: nothing committed can shape it
           FLEET_REGISTRY_USER: ${{ github.actor }}
           FLEET_REGISTRY_TOKEN: ${{ secrets.GITHUB_TOKEN }}
           OWNER: ${{ vars.FLEET_ORG || github.repository_owner }}
@@ -221,7 +226,8 @@ def _publish_job(needs: list[str]) -> str:
             "  publish:\n",
             "    name: publish\n",
             f"    needs: [{', '.join(needs)}]\n",
-            "    if: ${{ always() && github.event_name != 'pull_request' }}\n",
+            f"    if: ${{{{ always() && github.event_name != 'pull_request' && github.ref == '{RELEASE_REF}' }}}}\n",
+            f"    environment: {ENVIRONMENT}  # its deployment-branch rule admits main alone\n",
             f"    runs-on: {RUNNER}\n",
             f"    timeout-minutes: {MINUTES['publish']}\n",
             "    permissions:\n      contents: read\n      packages: write  # moves the release tags\n",
@@ -243,7 +249,7 @@ def _publish_job(needs: list[str]) -> str:
             "      - name: Keep the report and the SBOMs\n",
             "        if: always()\n",
             f"        uses: {UPLOAD_ARTIFACT}\n",
-            "        with:\n          name: fleet-report\n          path: build/reports/\n          if-no-files-found: warn\n",
+            "        with:\n          name: fleet-report\n          path: ${{ runner.temp }}/fleet-state/reports/\n          if-no-files-found: warn\n",
         ]
     )
 

@@ -19,7 +19,7 @@ from buildtool.locking import lock as locking
 from buildtool.locking import oslock
 from buildtool.model.load import load_fleet
 from buildtool.model.types import Fleet
-from buildtool.plan.plan import Plan, make_plan
+from buildtool.plan.plan import Plan, check_repositories, make_plan
 
 
 def fleet_of(args: argparse.Namespace) -> Fleet:
@@ -82,6 +82,7 @@ def out_dir(args: argparse.Namespace, fleet: Fleet, default: str, what: str) -> 
 
 def validate(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
+    check_repositories(fleet)  # every repository the plan would write: the fleet's own, none the toolkit's
     warned = f", {len(fleet.warnings)} warning(s)" if fleet.warnings else ""
     console.print(f"fleet is valid: {len(fleet.families)} families, {len(fleet.machines)} machines, {len(fleet.services)} services{warned}")
     return 0
@@ -314,7 +315,6 @@ def report(args: argparse.Namespace) -> int:
 
 
 def rollback(args: argparse.Namespace) -> int:
-    from buildtool.adapters.registry import Registry
     from buildtool.publish.release import rollback as roll_back
 
     if not (args.services or args.family or args.group or args.all):
@@ -324,7 +324,8 @@ def rollback(args: argparse.Namespace) -> int:
     fleet = fleet_of(args)
     the_plan = plan_of(fleet, args)
     run_settings = settings_of(args, fleet)
-    registry = Registry(run_settings.registry, token=run_settings.registry_token)
+    run_settings.require_release("rollback")
+    registry = pipeline.registry_client(run_settings)
     named = set(args.family)
     # The named images only: a service's image (per machine), a family's own image, not its ancestors.
     repos = [s.repository for s in the_plan.steps if s.kind == "service" or s.name in named or not (args.services or args.all or named)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 
 from rich.console import Console
@@ -20,13 +21,31 @@ def interactive() -> bool:
     return console.is_terminal and not IN_CI
 
 
+def escape_data(text: str) -> str:
+    """A workflow command's message, as GitHub's runner reads it back (actions/toolkit escapeData)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A workflow command's property value (file=...): its data escapes, and ':' and ',', which end
+    a value (actions/toolkit escapeProperty)."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
 def _emit(kind: str, style: str, message: str, file: str | None) -> None:
-    """``kind: message`` on stderr; in GitHub Actions also an annotation of its first line."""
+    """``kind: message`` on stderr; in GitHub Actions also an annotation of it. There the readable
+    copy goes out between stop-commands markers: a line of the message that reads as a workflow
+    command (it may quote a fleet value) is shown, never run."""
+    if not IN_GITHUB:
+        err_console.print(f"[{style}]{kind}:[/] {escape(message)}")
+        return
+    marker = secrets.token_hex(16)
+    print(f"::stop-commands::{marker}", file=sys.stderr, flush=True)
     err_console.print(f"[{style}]{kind}:[/] {escape(message)}")
-    if IN_GITHUB:
-        loc = f" file={file}" if file else ""
-        first = message.splitlines()[0] if message else ""
-        print(f"::{kind}{loc}::{first}", file=sys.stderr)
+    err_console.file.flush()
+    print(f"::{marker}::", file=sys.stderr, flush=True)
+    loc = f" file={escape_property(file)}" if file else ""
+    print(f"::{kind}{loc}::{escape_data(message)}", file=sys.stderr, flush=True)
 
 
 def error(message: str, *, file: str | None = None) -> None:

@@ -146,5 +146,11 @@ class Busy(ToolError):
     exit_code = 14
 
 
+class RefError(ToolError):
+    """A CI run of a ref other than main was asked to move or delete release tags."""
+
+    exit_code = 15
+
+
 class TimeLimit(BuildError):
     """A step ran past its time limit and was ended."""

@@ -39,6 +39,9 @@ class ImageRef:
         return f"{name}:{self.tag}" if self.tag else name
 
 
+CACHE_REPOSITORY = "cache"  # the org's registry build cache: one tag per image
+
+
 def cache_ref(registry: str, org: str, repository: str) -> ImageRef:
     """The registry build cache of one image: ``REGISTRY/ORG/cache:REPOSITORY``."""
-    return ImageRef(registry=registry, org=org, repository="cache", tag=repository)
+    return ImageRef(registry=registry, org=org, repository=CACHE_REPOSITORY, tag=repository)
