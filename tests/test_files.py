@@ -46,6 +46,17 @@ def test_the_folders_a_claim_creates_above_it_are_owned_so_a_later_claim_of_them
         owned_dir(tmp_path / "user", what="state dir")
 
 
+def test_threads_that_claim_folders_below_one_new_folder_at_once_all_succeed(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for attempt in range(20):
+        state = tmp_path / f"state-{attempt}"
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            made = list(pool.map(lambda i, state=state: owned_dir(state / "contexts" / f"image-{i}", what="build context"), range(8)))
+        assert all((folder / MARKER).is_file() for folder in made)
+        assert (state / "contexts" / MARKER).is_file() and (state / MARKER).is_file()
+
+
 def test_writes_and_locks_follow_no_symlink_below_an_owned_folder(tmp_path: Path) -> None:
     state = owned_dir(tmp_path / "state", what="state dir")
     outside = tmp_path / "outside"

@@ -67,7 +67,8 @@ def owned_dir(path: Path, *, repo: Path | None = None, what: str, clear: bool = 
     else:
         _make_marked(path)
     if not marker.exists():
-        write_new(marker, MARKER_TEXT)
+        with contextlib.suppress(FileExistsError):  # another thread of the run marked it at this moment
+            write_new(marker, MARKER_TEXT)
     return path
 
 
@@ -76,7 +77,10 @@ def _make_marked(path: Path) -> None:
     them, so a later claim of any of them (a state dir whose sub-folder came first) finds it owned."""
     missing = [path, *(p for p in path.parents if not p.exists())]
     for folder in sorted(set(missing), key=lambda p: len(p.parts)):
-        folder.mkdir()
+        try:
+            folder.mkdir()
+        except FileExistsError:
+            continue  # made at this moment by another of the run's threads, which marks it
         write_new(folder / MARKER, MARKER_TEXT)
 
 
