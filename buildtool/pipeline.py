@@ -51,7 +51,7 @@ from buildtool.model.oslocks import os_lock_path
 from buildtool.model.types import Fleet
 from buildtool.plan.plan import Plan, make_plan, replan
 from buildtool.publish.release import Move, Revision, labels, publish, release_tag, revision
-from buildtool.report import sizes, tables
+from buildtool.report import sizes, tables, timeline
 from buildtool.settings import Settings
 
 log = logging.getLogger("buildtool.pipeline")
@@ -67,6 +67,7 @@ class Run:
     sizes: list[sizes.ImageSize] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # the gate's: database, stale or expiring allowlist entries
     forwarded: list[oslock.Move] = field(default_factory=list)  # OS lock versions moved because the archive replaced them
+    critical: str = ""  # the chain of images that set the run's length, with their times
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -243,19 +244,22 @@ def _build(
         notes += [f"WARN {v.repository}: {v.summary()}" for v in verdicts if v.status == "WARN"]
     notes += [w for r in results for w in r.warnings]
     seconds = time.monotonic() - started
-    record = {"tag": tag, "seconds": seconds, "notes": notes, "forwarded": [asdict(m) for m in forwarded], "results": [asdict(r) for r in results]}
+    chain = timeline.critical_path(results, {s.key: s.parent for s in plan.steps})
+    record = {"tag": tag, "seconds": seconds, "notes": notes, "forwarded": [asdict(m) for m in forwarded], "critical_path": timeline.as_json(chain),
+              "results": [asdict(r) for r in results]}  # fmt: skip
     atomic_write(settings.state_dir / "reports" / "last-run.json", json.dumps(record, indent=2))
+    critical = timeline.describe(chain)
     failed = [r for r in results if r.status in ("failed", "blocked")]
     if failed:
         details = "\n".join(f"  - {r.repository}: {r.status}: {r.message}" for r in failed)
         raise BuildError(f"{len(failed)} of {len(results)} images did not build or pass their checks; no tag was moved:\n{details}")
     if not publish_tags:
-        return Run(tag=tag, seconds=seconds, results=results, notes=notes, forwarded=forwarded)
+        return Run(tag=tag, seconds=seconds, results=results, notes=notes, forwarded=forwarded, critical=critical)
     with stopping.deferred():  # a stop signal waits: every tag of the release moves, or none
         moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
-    return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes, forwarded=forwarded)
+    return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes, forwarded=forwarded, critical=critical)
 
 
 @one_at_a_time

@@ -23,13 +23,22 @@ class FakeRegistry:
         self.requests = 0
         self.blobs: dict[str, bytes] = {}
         self.referrer_list: dict[tuple[str, str], list[dict]] = {}
+        self.reads: list[tuple[str, str]] = []  # (repository, tag or digest) of each manifest read
 
     def add(self, repo: str, tag: str, content: str) -> Manifest:
-        config = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "0" * 64}
-        body = json.dumps({"mediaType": OCI_MANIFEST, "config": config, "layers": [], "content": content}).encode()
-        m = Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type=OCI_MANIFEST, body=body)
+        m = image_manifest(content)
         self.entries[(repo, tag)] = m
         return m
+
+    def resolve(self, image: str) -> str | None:
+        """The digest an image reference (REGISTRY/REPO:TAG or REGISTRY/REPO@DIGEST) names here (not counted)."""
+        path = image.split("/", 1)[1]
+        if "@" in path:
+            repo, digest = path.split("@", 1)
+            return digest if any(r == repo and m.digest == digest for (r, _), m in self.entries.items()) else None
+        repo, tag = path.rsplit(":", 1)
+        m = self.entries.get((repo, tag))
+        return m.digest if m else None
 
     def digest(self, repo: str, ref: str, *, fresh: bool = False) -> str | None:
         self.requests += 1
@@ -38,6 +47,7 @@ class FakeRegistry:
 
     def manifest(self, repo: str, ref: str) -> Manifest | None:
         self.requests += 1
+        self.reads.append((repo, ref))
         return self.entries.get((repo, ref)) or next((m for (r, _), m in self.entries.items() if r == repo and m.digest == ref), None)
 
     def put_manifest(self, repo: str, tag: str, manifest: Manifest) -> None:
@@ -48,7 +58,8 @@ class FakeRegistry:
         return self.manifest(repo, ref)
 
     def layer_sizes(self, repo: str, ref: str) -> list[int]:
-        return []
+        m = self.image_manifest(repo, ref)  # a request, as the real client's when it has not read the manifest
+        return [layer["size"] for layer in m.data.get("layers", [])] if m else []
 
     def config(self, repo: str, ref: str) -> dict:
         return {}
@@ -90,6 +101,19 @@ class FakeRegistry:
         self.requests += 1
         return self.blobs.get(digest)
 
+    def push_blob(self, repo: str, data: bytes) -> str:
+        self.requests += 1
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = data
+        return digest
+
+
+def image_manifest(content: str) -> Manifest:
+    """The manifest of a fake image: the engine's digest of a built image is the digest its push shows."""
+    config = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "0" * 64}
+    body = json.dumps({"mediaType": OCI_MANIFEST, "config": config, "layers": [], "content": content}).encode()
+    return Manifest(digest="sha256:" + hashlib.sha256(body).hexdigest(), media_type=OCI_MANIFEST, body=body)
+
 
 class FakeEngine:
     """Records builds; 'pushes' by adding the id tag to the fake registry."""
@@ -106,6 +130,8 @@ class FakeEngine:
         self.checks: list[tuple[str, tuple[str, ...]]] = []
         self.gpu_runs: list[str] = []
         self.healthy: list[str] = []
+        self.events: list[tuple[str, str]] = []  # ("build" | "push" | "check", ref), in the order they happened
+        self.fail_checks: set[str] = set()  # repositories whose smoke checks fail
 
     def build(
         self,
@@ -123,6 +149,7 @@ class FakeEngine:
     ) -> Built:
         assert (context / "Dockerfile").is_file()
         self.builds.append((tag, dict(build_args), list(secrets)))
+        self.events.append(("build", tag))
         self.targets.append((tag, target))
         self.rewritten[tag] = rewrite_timestamps
         if any(f"/{name}:" in tag for name in self.fail):
@@ -132,6 +159,7 @@ class FakeEngine:
 
     def push(self, ref: str) -> None:
         repo, tag = ref.split("/", 1)[1].rsplit(":", 1)
+        self.events.append(("push", ref))
         self.registry.add(repo, tag, ref)
 
     def save(self, ref: str, out: Path) -> Path:
@@ -139,7 +167,7 @@ class FakeEngine:
         return out
 
     def image_digest(self, ref: str) -> str:
-        return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+        return image_manifest(ref).digest
 
     def image_user(self, ref: str) -> str:
         return self.user
@@ -149,9 +177,10 @@ class FakeEngine:
 
     def run_checks(self, ref: str, checks: Sequence[tuple[str, Sequence[str]]], *, gpus: bool = False) -> list[tuple[str, str]]:
         self.checks += [(ref, tuple(argv)) for _, argv in checks]
+        self.events.append(("check", ref))
         if gpus:
             self.gpu_runs.append(ref)
-        return []
+        return [("planted", "exit 1")] if any(f"/{name}:" in ref for name in self.fail_checks) else []
 
     def wait_healthy(self, ref: str, name: str, timeout: float = 120) -> None:
         self.healthy.append(ref)

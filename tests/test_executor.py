@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,19 +45,66 @@ def test_builds_parents_first_and_passes_parent_digests(fleet_dir: Path, tmp_pat
     _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"])
     assert [r.status for r in results.values()] == ["built"] * 5
     tags = [b[0] for b in docker.builds]
-    # The root family builds its builder root (target builder-root) first, then its runtime image.
-    assert tags[0].startswith("127.0.0.1:5000/fleet/base-python-builder:id-")
-    assert tags[1].startswith("127.0.0.1:5000/fleet/base-python:id-")
-    assert docker.targets[:2] == [(tags[0], "builder-root"), (tags[1], None)]
-    builder = f"127.0.0.1:5000/fleet/base-python-builder@{results['family:base-python'].builder}"
-    assert all(b[1]["BUILDER_IMAGE"] == builder for b in docker.builds[2:])  # every child and service builds on it
+    # The root family builds its builder root (target builder-root) and its runtime image at once.
+    assert sorted(tags[:2]) == sorted(t for t in tags if "/base-python" in t)
+    assert {(t.split("/")[2].split(":")[0], target) for t, target in docker.targets[:2]} == {("base-python-builder", "builder-root"), ("base-python", None)}
+    # A child names its parent by digest once the registry holds it, by identity tag while only the engine does.
+    root = results["family:base-python"]
+    builder = {f"127.0.0.1:5000/fleet/base-python-builder@{root.builder}", "127.0.0.1:5000/fleet/base-python-builder:" + tags[0].rsplit(":", 1)[1]}
+    assert all(b[1]["BUILDER_IMAGE"] in builder for b in docker.builds[2:])  # every child and service builds on it
     web = next(b for b in docker.builds if "/family-web:" in b[0])
-    parent = results["family:base-cpu-pydeps"]
-    assert web[1]["PARENT_IMAGE"] == f"127.0.0.1:5000/fleet/base-cpu-pydeps@{parent.digest}"
+    assert registry.resolve(web[1]["PARENT_IMAGE"]) == results["family:base-cpu-pydeps"].digest
+    assert web[1]["PARENT_IMAGE"].startswith("127.0.0.1:5000/fleet/base-cpu-pydeps")
     svc = docker.builds[-1]
-    assert svc[1]["FAMILY_IMAGE"].endswith(f"/family-web@{results['family:family-web'].digest}")
+    assert registry.resolve(svc[1]["FAMILY_IMAGE"]) == results["family:family-web"].digest
+    assert svc[1]["FAMILY_IMAGE"].startswith("127.0.0.1:5000/fleet/family-web")
     assert all(b[2] == ["id=pip_ca,src=/ca.crt"] for b in docker.builds)
     assert docker.healthy == [tags[-1]]
+    for result in results.values():  # every stage of every image is timed, in the order walked
+        assert list(result.stages) == ["build", "load", "checks", "health", "scan", "parent", "push", "sbom"]
+        assert result.started <= result.ended and result.seconds >= sum(result.stages.values()) - 1e-6
+
+
+def test_a_child_builds_on_its_parent_in_the_engine_and_pushes_after_the_parent(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    held = threading.Event()
+    checked = docker.run_checks
+
+    def slow_checks(ref, checks, *, gpus=False):  # base-utils' checks wait until its child has been built
+        if "/base-utils:" in ref:
+            assert held.wait(10), "the child never started while its parent was being checked"
+        return checked(ref, checks, gpus=gpus)
+
+    docker.run_checks = slow_checks
+    original = docker.build
+
+    def build(**kwargs):
+        built = original(**kwargs)
+        if "/base-cpu-pydeps:" in kwargs["tag"]:
+            held.set()
+        return built
+
+    docker.build = build
+    _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-cpu-pydeps"])
+    assert {r.status for r in results.values()} == {"built"}
+    order = [(what, ref.split("/")[2].split(":")[0]) for what, ref in docker.events]
+    assert order.index(("build", "base-cpu-pydeps")) < order.index(("push", "base-utils"))  # built before its parent was pushed
+    assert order.index(("push", "base-utils")) < order.index(("push", "base-cpu-pydeps"))  # pushed only after it
+    child = results["family:base-cpu-pydeps"]
+    assert child.stages["parent"] > 0.0  # it waited for its parent's verdict
+
+
+def test_a_parent_that_fails_its_checks_after_its_child_was_built_blocks_it_and_nothing_of_it_is_pushed(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    docker.fail_checks = {"base-utils"}
+    _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-cpu-pydeps"])
+    assert results["family:base-utils"].status == "failed"
+    assert "planted" in results["family:base-utils"].message
+    assert results["family:base-cpu-pydeps"].status == "blocked"
+    assert results["family:base-cpu-pydeps"].message == "base-utils failed"
+    assert {repo for repo, _ in registry.entries} == {"fleet/base-python", "fleet/base-python-builder"}
 
 
 def test_only_clamped_bootstrap_roots_are_exported_without_a_timestamp_rewrite(fleet_dir: Path, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ builds nothing never loads it. Tests replace this class with a fake of
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -72,6 +73,7 @@ def _build_and_load(argv: list[str], out: BinaryIO, load_argv: Sequence[str] = (
     load = host.spawn(load_argv, stdin=host.PIPE, stdout=host.PIPE, stderr=host.STDOUT)
     assert build.stdout is not None and load.stdin is not None
     small: dict[str, bytes] = {}
+    written = 0.0
     tee = _Tee(build.stdout, load.stdin)
     try:
         with tarfile.open(fileobj=tee, mode="r|", bufsize=SMALL_BLOB) as tar:
@@ -81,6 +83,7 @@ def _build_and_load(argv: list[str], out: BinaryIO, load_argv: Sequence[str] = (
                     small[member.name] = data.read() if data else b""
         while tee.read(SMALL_BLOB):  # the archive's end blocks, for docker load
             pass
+        written = time.monotonic()
     except (tarfile.TarError, OSError):
         pass  # the build failed or was stopped (its log says why), or docker load ended
     finally:
@@ -99,7 +102,9 @@ def _build_and_load(argv: list[str], out: BinaryIO, load_argv: Sequence[str] = (
     if not built_ok:
         return None, ""
     built = _manifest(small)
-    return (built, "") if built else (None, "the built OCI archive holds no readable index and image manifest")
+    if built is None:
+        return None, "the built OCI archive holds no readable index and image manifest"
+    return dataclasses.replace(built, load_seconds=max(0.0, time.monotonic() - written) if written else 0.0), ""
 
 
 def _manifest(small: Mapping[str, bytes]) -> Built | None:

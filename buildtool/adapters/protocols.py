@@ -17,10 +17,13 @@ from buildtool.adapters.registry import Manifest
 
 @dataclass(frozen=True, kw_only=True)
 class Built:
-    """An image the engine built and loaded: its manifest digest and its layers' compressed sizes."""
+    """An image the engine built and loaded: its manifest digest, its layers' compressed sizes, and
+    the seconds the load took once the build had written its last byte (the archive streams into
+    the load while it is written: the rest of the load is what the build does not cover)."""
 
     digest: str
     layers: tuple[int, ...]
+    load_seconds: float = 0.0
 
     @property
     def compressed(self) -> int:
@@ -82,6 +85,8 @@ class Registry(Protocol):
     def referrers(self, repo: str, subject_digest: str, artifact_type: str = "") -> list[dict]: ...
 
     def blob(self, repo: str, digest: str) -> bytes | None: ...
+
+    def push_blob(self, repo: str, data: bytes) -> str: ...
 
     def tags(self, repo: str) -> list[str]: ...
 

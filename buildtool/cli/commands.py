@@ -187,8 +187,7 @@ def build(args: argparse.Namespace) -> int:
         run = pipeline.build(run_settings, fleet, the_plan, progress=progress, publish_tags=not args.no_publish, locked=args.locked)
     built = run.count("built")
     console.print(f"{len(run.results)} images in {run.seconds:.1f}s: {built} built, {run.count('cached')} unchanged (identity already in the registry)")
-    if built == 0:
-        console.print("nothing changed: nothing was built")
+    console.print("nothing changed: nothing was built" if built == 0 else run.critical, highlight=False)
     if args.no_publish:
         console.print(f"pushed by identity only; release {run.tag} is the publish step's")
     else:

@@ -16,6 +16,8 @@ STYLES = {
     "checking": "cyan",
     "building": "yellow",
     "verifying": "magenta",
+    "scanning": "magenta",
+    "waiting": "dim",  # built and checked; its push waits for its parent's verdict
     "pushing": "blue",
     "built": "green",
     "cached": "green",
