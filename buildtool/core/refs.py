@@ -40,6 +40,7 @@ class ImageRef:
 
 
 CACHE_REPOSITORY = "cache"  # the org's registry build cache: one tag per image
+RELEASES_REPOSITORY = "releases"  # the org's release records (buildtool.publish.record)
 
 
 def cache_ref(registry: str, org: str, repository: str) -> ImageRef:

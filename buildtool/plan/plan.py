@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from buildtool.core.errors import ConfigError, Problem, UsageError
 from buildtool.core.hashing import sha256_json
 from buildtool.core.names import did_you_mean
-from buildtool.core.refs import CACHE_REPOSITORY
+from buildtool.core.refs import CACHE_REPOSITORY, RELEASES_REPOSITORY
 from buildtool.model.allowlist import FILE as ALLOWLIST_FILE
 from buildtool.model.oslocks import Pins
 from buildtool.model.types import Family, Fleet, Root, Service, SmokeCheck
@@ -207,9 +207,9 @@ TOOLKIT = "the toolkit"
 
 def check_repositories(fleet: Fleet) -> None:
     """Every image of the fleet (each family, builder root and service on each machine) has a
-    repository of its own, and none is one the toolkit keeps for itself (the build cache); two
+    repository of its own, and none is one the toolkit keeps for itself (the build cache, the release records); two
     that would share one are a ConfigError naming both files. ``validate`` and every plan run it."""
-    owners: dict[str, tuple[str, str]] = {CACHE_REPOSITORY: (TOOLKIT, "the registry build cache")}
+    owners: dict[str, tuple[str, str]] = {CACHE_REPOSITORY: (TOOLKIT, "the registry build cache"), RELEASES_REPOSITORY: (TOOLKIT, "the release records")}
     problems: list[Problem] = []
 
     def claim(repository: str, file: str, what: str) -> None:

@@ -25,6 +25,7 @@ from buildtool.adapters.registry import Manifest, read_manifests
 from buildtool.core.errors import CommandError, EngineError, MissingToolError, ReleaseError, UsageError
 from buildtool.core.hashing import sha256, sha256_json
 from buildtool.core.refs import repo_path
+from buildtool.publish import record
 
 CURRENT = "latest"
 PREVIOUS = "prev"
@@ -91,12 +92,21 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
     """
     staged: list[tuple[str, Manifest, Manifest | None, Manifest | None]] = []
     clashes: list[str] = []
-    read_manifests(registry, [(repo_path(org, repo), ref) for repo, id_tag in images.items() for ref in (id_tag, tag, CURRENT)])
+    read_manifests(registry, [(repo_path(org, repo), id_tag) for repo, id_tag in images.items()])  # a run has read them already
+    news = {}
+    for repo, id_tag in images.items():
+        new = registry.manifest(repo_path(org, repo), id_tag)
+        if new is None:
+            raise EngineError(f"{repo_path(org, repo)}:{id_tag} is not in the registry; nothing was published")
+        news[repo] = new.digest
+    known, before = record.release(registry, org, tag), record.state(registry, org)
+    if known is not None and before is not None and all(known.get(repo) == d and before.latest.get(repo) == d for repo, d in news.items()):
+        return []  # the records show every image as this release and current: nothing moves
+    read_manifests(registry, [(repo_path(org, repo), ref) for repo in images for ref in (tag, CURRENT)])
     for repo, id_tag in images.items():
         name = repo_path(org, repo)
         new = registry.manifest(name, id_tag)
-        if new is None:
-            raise EngineError(f"{name}:{id_tag} is not in the registry; nothing was published")
+        assert new is not None
         released = registry.manifest(name, tag)
         if released is not None and released.digest != new.digest:
             clashes.append(f"{name}:{tag} is {released.digest}, not {new.digest}")
@@ -119,7 +129,15 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
             moves.append(Move(repository=repo, tag=PREVIOUS, digest=current.digest))
         registry.put_manifest(name, CURRENT, new)
         moves.append(Move(repository=repo, tag=CURRENT, digest=new.digest))
+    record.write_release(registry, org, tag, news, known)
+    _record_state(registry, org, before, moves)
     return moves
+
+
+def _record_state(registry: Registry, org: str, before: record.State | None, moves: list[Move]) -> None:
+    """The state record, once every tag has moved: each moved repository's latest and prev."""
+    record.write_state(registry, org, before, {m.repository: m.digest for m in moves if m.tag == CURRENT},
+                       {m.repository: m.digest for m in moves if m.tag == PREVIOUS})  # fmt: skip
 
 
 def not_an_image(manifest: Manifest) -> str:
@@ -157,4 +175,5 @@ def rollback(registry: Registry, org: str, repositories: Iterable[str], target: 
         if current is not None and current.digest != wanted.digest:
             registry.put_manifest(name, PREVIOUS, current)
             moves.append(Move(repository=repo, tag=PREVIOUS, digest=current.digest))
+    _record_state(registry, org, record.state(registry, org), moves)
     return moves

@@ -16,6 +16,7 @@ from buildtool.adapters.files import atomic_write
 from buildtool.adapters.protocols import Registry
 from buildtool.core.refs import repo_path
 from buildtool.plan.plan import MB, Plan
+from buildtool.publish import record
 from buildtool.publish.release import PREVIOUS
 
 
@@ -153,8 +154,10 @@ def security_summary(result: object) -> dict[str, object]:
 def measure(plan: Plan, results: dict[str, object], registry: Registry, org: str, state_dir: Path) -> list[ImageSize]:
     """Every image of the plan in the registry, measured concurrently from the manifests the run
     already read; blobs are read once per host (kept under the state dir by digest)."""
+    known = record.state(registry, org)
+    prevs = known.prev if known else {}
     with ThreadPoolExecutor(max_workers=16) as pool:
-        found = list(pool.map(lambda step: _measure(step, results, registry, org, state_dir), plan.steps))
+        found = list(pool.map(lambda step: _measure(step, results, registry, org, state_dir, prevs.get(step.repository, "")), plan.steps))
     return [m for m in found if m is not None]
 
 
@@ -182,13 +185,27 @@ def _facts(registry: Registry, repo: str, ref: str, gpu: bool, state_dir: Path) 
     return facts
 
 
-def _measure(step, results: dict[str, object], registry: Registry, org: str, state_dir: Path) -> ImageSize | None:
+def _prev_sizes(registry: Registry, repo: str, digest: str, gpu: bool, state_dir: Path) -> list[int]:
+    """The layer sizes of the image ``prev`` names: by the digest the release records give, from the
+    facts kept of it when it was measured (no request), else from the registry."""
+    if digest:
+        kept = state_dir / "image-facts" / (digest.replace(":", "-") + ("-gpu" if gpu else "") + ".json")
+        try:
+            sizes = [layer["size"] for layer in json.loads(kept.read_text())["layers"]] if kept.is_file() else None
+        except (OSError, ValueError, KeyError, TypeError):
+            sizes = None  # not what the toolkit kept there: ask the registry
+        if sizes is not None and all(type(size) is int and size >= 0 for size in sizes):
+            return sizes
+    return registry.layer_sizes(repo, digest or PREVIOUS)
+
+
+def _measure(step, results: dict[str, object], registry: Registry, org: str, state_dir: Path, prev_digest: str = "") -> ImageSize | None:
     repo = repo_path(org, step.repository)
     facts = _facts(registry, repo, step.id_tag, step.gpu, state_dir)
     if not facts or not facts["layers"]:
         return None  # not in the registry (failed or never built)
     layers = [Layer(**layer) for layer in facts["layers"]]
-    prev = registry.layer_sizes(repo, PREVIOUS)
+    prev = _prev_sizes(registry, repo, prev_digest, step.gpu, state_dir)
     return ImageSize(
         repository=step.repository,
         machine=step.machine or "any",
