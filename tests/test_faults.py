@@ -4,10 +4,12 @@ builds, containers and signals sent from outside."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import signal
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,29 @@ def test_a_stop_signal_cancels_the_running_steps_and_says_what_finished(fleet_di
     assert int(said.group(1)) == len(cancelled) and len(cancelled) + int(said.group(3)) == 5
     pushed = {repo.split("/")[1] for repo, _ in registry.entries if not repo.endswith("-builder")}
     assert {"base-python", "base-utils"} - set(cancelled) <= pushed <= {"base-python", "base-utils"}  # what finished is in the registry, their children are not
+
+
+def test_an_image_waiting_for_a_build_slot_starts_nothing_once_the_run_was_stopped(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    engine = HangingEngine(registry, "service-registry-mainpc")
+    fleet = load_fleet(fleet_dir)
+    plan = make_plan(fleet, services=["ServiceRegistry", "CloudTranslationService"], machines=["mainpc"])
+    settings = dataclasses.replace(settings_for(fleet, tmp_path / "state"), jobs=1)  # the other service waits for the one build slot
+    run = Executor(plan, settings=settings, engine=engine, registry=registry, progress=QuietProgress(), bootstrap=write_rootfs)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    stopping.install()
+    try:
+        builds_at_stop: list[int] = []
+        threading.Thread(target=lambda: engine.hanging.wait(10) and (builds_at_stop.append(len(engine.builds)), os.kill(os.getpid(), signal.SIGTERM)),
+                         daemon=True).start()  # fmt: skip
+        with pytest.raises(Interrupted):
+            run.run()
+        time.sleep(1.0)  # what a worker would start after the stop, it starts now
+    finally:
+        stopping.reset()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert len(engine.builds) == builds_at_stop[0]  # the other service, had it waited for the slot, never started
 
 
 def test_a_signal_inside_a_deferred_block_waits_for_its_end() -> None:

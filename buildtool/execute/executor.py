@@ -105,7 +105,7 @@ class Executor:
         self.progress = progress
         self.results: dict[str, Result] = {}
         self.stages = Stages(plan, settings=settings, engine=engine, registry=registry, progress=progress, bootstrap=bootstrap,
-                             labels=labels or {}, security=security, hooks=Hooks(self._inputs, self._built, self._parent_verdict))  # fmt: skip
+                             labels=labels or {}, security=security, hooks=Hooks(self._inputs, self._built, self._parent_verdict, self._stopped))  # fmt: skip
         self._expired: set[str] = set()  # steps ended by their time limit
         self._local: dict[str, str] = {}  # images built and loaded into the engine by this run, not yet final: their identity tags
         self._final = {s.key: threading.Event() for s in plan.steps}  # set once the step's result is in
@@ -191,12 +191,15 @@ class Executor:
         self._local[step.key] = work.ref
         self._events.put("built")
 
+    def _stopped(self) -> bool:
+        return self._cancelled.is_set() or stopping.stopping()
+
     def _parent_verdict(self, step: Step) -> None:
         """Wait (the time limit standing still) until the parent's result is in; a parent that did
         not pass blocks this image."""
         assert step.parent
         while not self._final[step.parent].wait(POLL):
-            if self._cancelled.is_set() or stopping.stopping():
+            if self._stopped():
                 raise BuildError(f"{step.repository}: cancelled while waiting for {self.plan.step(step.parent).repository} (the run was stopped)")
         parent = self.results[step.parent]
         if parent.status not in ("built", "cached"):

@@ -80,6 +80,7 @@ class Hooks:
     inputs: Callable[[str], tuple[str, str]]
     built: Callable[[Step, Work], None]
     parent_verdict: Callable[[Step], None]
+    stopped: Callable[[], bool] = stopping.stopping  # the run was stopped: start nothing more
 
 
 class Stages:
@@ -124,6 +125,7 @@ class Stages:
         clamped = step.rendered.clamped
         self.progress.update(step.key, "building")
         with self._builds:
+            self._go(step)
             try:
                 if step.root is None:
                     work.built = self.engine.build(tag=work.ref, log=logs / f"{step.repository}.log", rewrite_timestamps="runtime" not in clamped, **common)
@@ -147,6 +149,7 @@ class Stages:
         step, ref = work.step, work.ref
         self.progress.update(step.key, "verifying")
         with self._checks:
+            self._go(step)
             user = self.engine.image_user(ref)
             if user != APP_USER:
                 raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
@@ -164,6 +167,7 @@ class Stages:
         """A service answers its health check (GET /health: {"status": "ok"}) within the run's health timeout."""
         if work.step.kind == "service":
             with self._checks:
+                self._go(work.step)
                 self.engine.wait_healthy(work.ref, name=f"fleet-verify-{work.step.repository}-{os.getpid()}", timeout=self.settings.health_timeout)
 
     def scan(self, work: Work) -> None:
@@ -173,6 +177,7 @@ class Stages:
         step = work.step
         self.progress.update(step.key, "scanning")
         with self._checks:
+            self._go(step)
             folder = self._work(step)
             archive = self.engine.save(work.ref, folder / "image.tar")
             try:
@@ -192,8 +197,7 @@ class Stages:
     def push(self, work: Work) -> None:
         """Push by identity (a root: its builder root first); the registry must show the digest that was built and checked."""
         step, s = work.step, self.settings
-        if stopping.stopping():
-            raise BuildError(f"{step.repository}: cancelled before its push (the run was stopped)")
+        self._go(step)
         self.progress.update(step.key, "pushing")
         assert work.built is not None
         pairs = [(work.builder_ref, step.builder_repository, work.builder)] if work.builder_ref else []
@@ -219,6 +223,11 @@ class Stages:
         self.security.keep(work.digest, report=report, sbom=self.sboms[step.key])
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _go(self, step: Step) -> None:
+        """Before each piece of work that starts processes: nothing new once the run was stopped."""
+        if self.hooks.stopped():
+            raise BuildError(f"{step.repository}: cancelled (the run was stopped)")
 
     def _budget(self, step: Step, compressed: int) -> tuple[str, ...]:
         """Fail the step when the image is over its budget, or (budget_policy = "warn") say so."""
