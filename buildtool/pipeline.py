@@ -246,9 +246,9 @@ def _build(
     seconds = time.monotonic() - started
     chain = timeline.critical_path(results, {s.key: s.parent for s in plan.steps})
     record = {"tag": tag, "seconds": seconds, "notes": notes, "forwarded": [asdict(m) for m in forwarded], "critical_path": timeline.as_json(chain),
-              "results": [asdict(r) for r in results]}  # fmt: skip
+              "critical": timeline.describe(chain), "results": [asdict(r) for r in results]}  # fmt: skip
     atomic_write(settings.state_dir / "reports" / "last-run.json", json.dumps(record, indent=2))
-    critical = timeline.describe(chain)
+    critical = str(record["critical"])
     failed = [r for r in results if r.status in ("failed", "blocked")]
     if failed:
         details = "\n".join(f"  - {r.repository}: {r.status}: {r.message}" for r in failed)
@@ -258,7 +258,7 @@ def _build(
     with stopping.deferred():  # a stop signal waits: every tag of the release moves, or none
         moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
-    tables.write(measured, settings.state_dir)
+    tables.write(measured, settings.state_dir, critical)
     return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes, forwarded=forwarded, critical=critical)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import subprocess
 from pathlib import Path
 
@@ -91,6 +92,11 @@ def test_force_image_tag_during_a_build_changes_nothing(fleet_dir: Path, tmp_pat
     run = pipeline.build(s, fleet, plan, progress=QuietProgress(), engine=FakeEngine(registry), registry=registry, bootstrap=write_rootfs, resolver=ServedApt(),
                          commit=COMMIT)  # fmt: skip
     assert run.tag == "20261120-abc1234"
+    assert run.critical.startswith("critical path (") and "base-python" in run.critical
+    assert f"The run's {run.critical}" in (tmp_path / "state" / "reports" / "sizes.md").read_text()
+    record = json.loads((tmp_path / "state" / "reports" / "last-run.json").read_text())
+    assert [step["repository"] for step in record["critical_path"]] == ["base-python"] and record["critical"] == run.critical
+    assert "push" in record["results"][0]["stages"]
     assert registry.entries[("fleet/base-python", "20261101-0000aaa")] == pinned  # the pinned release still names what it named
     assert registry.digest("fleet/base-python", "20261120-abc1234") == registry.digest("fleet/base-python", "latest")
 

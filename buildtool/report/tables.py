@@ -37,7 +37,8 @@ def sbom(s: ImageSize) -> str:
     return f"{info['components']} components, {info['digest'][:19]}" if info else ""
 
 
-def markdown(sizes: list[ImageSize]) -> str:
+def markdown(sizes: list[ImageSize], critical: str = "") -> str:
+    """The size report; ``critical``: the run's critical path, said under the table."""
     lines = [
         "| image | machine | status | compressed MB | uncompressed MB | vs prev MB | budget MB | CUDA libs MB | security | SBOM | largest layer |",
         "|---|---|---|---:|---:|---:|---:|---:|---|---|---|",
@@ -55,6 +56,8 @@ def markdown(sizes: list[ImageSize]) -> str:
     if packaged:
         lines += ["", "Biggest Python packages (uncompressed MB):", ""]
         lines += [f"- {s.repository} ({s.machine}): " + ", ".join(f"{name} {_mb(size)}" for name, size in s.packages) for s in packaged]
+    if critical:
+        lines += ["", f"The run's {critical}"]
     return "\n".join(lines) + "\n"
 
 
@@ -79,9 +82,9 @@ def largest_layers(sizes: list[ImageSize]) -> str:
     return "\n".join(lines)
 
 
-def write(sizes: list[ImageSize], state_dir: Path) -> Path:
+def write(sizes: list[ImageSize], state_dir: Path, critical: str = "") -> Path:
     reports = state_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     atomic_write(reports / "sizes.json", json.dumps([asdict(s) for s in sizes], indent=2))
-    atomic_write(reports / "sizes.md", markdown(sizes))
+    atomic_write(reports / "sizes.md", markdown(sizes, critical))
     return reports
