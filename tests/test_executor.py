@@ -147,6 +147,26 @@ def test_failure_blocks_descendants_only(fleet_dir: Path, tmp_path: Path) -> Non
     assert not any(repo == "fleet/base-cpu-pydeps" for repo, _ in registry.entries)
 
 
+def test_a_child_that_fails_a_check_it_inherits_from_a_parent_that_fails_it_too_is_blocked_by_that_parent(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    docker.fail_checks = {"base-utils", "base-cpu-pydeps"}  # a smoke check of base-utils, which its child runs too
+    child_checked = threading.Event()
+    checked = docker.run_checks
+
+    def ordered(ref, checks, *, gpus=False):  # the child's checks fail before its parent's verdict is in
+        if "/base-cpu-pydeps:" in ref:
+            child_checked.set()
+        elif "/base-utils:" in ref:
+            assert child_checked.wait(10)
+        return checked(ref, checks, gpus=gpus)
+
+    docker.run_checks = ordered
+    _, results = run(fleet_dir, tmp_path, registry, docker, families=["base-cpu-pydeps"])
+    assert results["family:base-utils"].status == "failed"
+    assert (results["family:base-cpu-pydeps"].status, results["family:base-cpu-pydeps"].message) == ("blocked", "base-utils failed")
+
+
 def test_root_user_fails_verification_and_is_not_pushed(fleet_dir: Path, tmp_path: Path) -> None:
     registry = FakeRegistry()
     _, results = run(fleet_dir, tmp_path, registry, FakeDocker(registry, user=""), families=["base-python"])

@@ -280,9 +280,30 @@ class Executor:
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the toolkit's own write (a log, a context, a scan)
                 message = f"{step.repository}: {disk_full(Path(exc.filename) if exc.filename else self.settings.state_dir)}"
             result = Result(**done, status="failed", message=message)  # type: ignore[arg-type]
+        if result.status == "failed" and (why := self._parent_failed(step, clock)):
+            result = dataclasses.replace(result, status="blocked", message=why)
         end = time.monotonic()
         return dataclasses.replace(result, seconds=end - start, ended=end - self._t0, stages=dict(work.seconds),
                                    verdict=result.verdict or self.stages.verdicts.get(step.key), sbom=self.stages.sboms.get(step.key))  # fmt: skip
+
+    def _parent_failed(self, step: Step, clock: _Clock | None) -> str:
+        """After an image failed, started on a parent not yet judged: why it is blocked when that
+        parent failed too (its descendants fail for its reason, as they would had they waited
+        for it), else ""."""
+        if not step.parent or (step.parent in self.results and self.results[step.parent].status in ("built", "cached")):
+            return ""
+        if clock is not None:
+            clock.stop()
+        try:
+            self._parent_verdict(step)
+        except Blocked as exc:
+            return exc.message
+        except BuildError:
+            pass  # the run was stopped
+        finally:
+            if clock is not None:
+                clock.run()
+        return ""
 
     def _step(self, work: Work, clock: _Clock | None) -> str:
         """Walk the image through its stages, timing each; "cached" when the registry holds it by identity."""
