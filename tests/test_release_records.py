@@ -28,6 +28,7 @@ def test_a_no_op_publish_reads_the_two_records_and_no_tag_of_any_image() -> None
     _fleet(registry)
     first = publish(registry, "fleet", IMAGES, "r1")
     assert len(first) == 2 * len(IMAGES)  # r1 and latest of each
+    assert record.state(registry, "fleet").prev == {repo: "" for repo in IMAGES}  # a first release: no prev, and the records know it
     assert record.release(registry, "fleet", "r1") == {repo: registry.digest(f"fleet/{repo}", "latest") for repo in IMAGES}
     registry.reads = []
     assert publish(registry, "fleet", IMAGES, "r1") == []

@@ -35,6 +35,7 @@ DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 MANIFEST_TYPES = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 INDEX_TYPES = (OCI_INDEX, DOCKER_LIST)
 EMPTY_CONFIG = b"{}"
+KEPT_BLOB = 1 << 20  # blobs up to this size are kept for the run (configs, records)
 
 
 def _opener(address: str) -> urllib.request.OpenerDirector:
@@ -93,6 +94,7 @@ class Registry:
         self.timeout = timeout
         self._opener = _opener(address)
         self._manifests: dict[tuple[str, str], Manifest | None] = {}
+        self._blobs: dict[tuple[str, str], bytes] = {}  # blobs up to KEPT_BLOB read: content-addressed, they never change
         self._auth: dict[str, str] = {}  # scope -> Authorization header value
         self.requests = 0  # requests made, for the bench and tests
 
@@ -262,13 +264,18 @@ class Registry:
     # -- blobs -------------------------------------------------------------------------------
 
     def blob(self, repo: str, digest: str) -> bytes | None:
-        """A small blob (a config, an SBOM, a scan report), checked against its digest."""
+        """A small blob (a config, an SBOM, a scan report), checked against its digest; read once per run."""
+        if (repo, digest) in self._blobs:
+            return self._blobs[(repo, digest)]
         resp = self._request("GET", f"{repo}/blobs/{digest}", scope=self._scope(repo))
         if resp is None:
             return None
         what = f"registry {self.address}: {repo}@{digest}"
         with resp:
-            return verified(read_bounded(resp, MAX_BLOB, what), digest, what)
+            data = verified(read_bounded(resp, MAX_BLOB, what), digest, what)
+        if len(data) <= KEPT_BLOB:
+            self._blobs[(repo, digest)] = data
+        return data
 
     def push_blob(self, repo: str, data: bytes) -> str:
         """Upload ``data`` as a blob of ``repo`` (monolithic upload; skipped when present); its digest."""

@@ -32,15 +32,20 @@ NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 
 @dataclass(frozen=True)
 class State:
-    """Each repository's ``latest`` and ``prev`` digests, as the last publish or rollback left them."""
+    """Each repository's ``latest`` and ``prev`` digests, as the last publish or rollback left them
+    (prev "": the repository has none; a repository missing from prev: not known here)."""
 
     latest: dict[str, str] = field(default_factory=dict)
     prev: dict[str, str] = field(default_factory=dict)
 
 
-def _digests(data: object) -> dict[str, str] | None:
-    """A record's repository → digest map, fully checked; None when it is anything else."""
-    if not isinstance(data, dict) or not all(isinstance(k, str) and NAME.fullmatch(k) and isinstance(v, str) and DIGEST.fullmatch(v) for k, v in data.items()):
+def _digests(data: object, *, none: bool = False) -> dict[str, str] | None:
+    """A record's repository → digest map, fully checked (``none``: "" may stand for no image);
+    None when it is anything else."""
+    def ok(v: object) -> bool:
+        return isinstance(v, str) and (bool(DIGEST.fullmatch(v)) or (none and v == ""))
+
+    if not isinstance(data, dict) or not all(isinstance(k, str) and NAME.fullmatch(k) and ok(v) for k, v in data.items()):
         return None
     return dict(data)
 
@@ -71,7 +76,7 @@ def state(registry: Registry, org: str) -> State | None:
     record = _read(registry, org, STATE)
     if not record:
         return None
-    latest, prev = _digests(record.get("latest")), _digests(record.get("prev"))
+    latest, prev = _digests(record.get("latest")), _digests(record.get("prev"), none=True)
     return State(latest, prev) if latest is not None and prev is not None else None
 
 

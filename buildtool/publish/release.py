@@ -115,6 +115,7 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
         lines = "\n".join(f"  - {c}" for c in clashes)
         raise ReleaseError(f"release tags are immutable and {tag} already names other images; nothing was published:\n{lines}")
     moves: list[Move] = []
+    prev: dict[str, str] = {}  # what prev names after this publish, where it moved ("": a first release, none)
     for repo, new, released, current in staged:
         name = repo_path(org, repo)
         if released is None:
@@ -127,17 +128,13 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
         if current is not None:
             registry.put_manifest(name, PREVIOUS, current)
             moves.append(Move(repository=repo, tag=PREVIOUS, digest=current.digest))
+        prev[repo] = current.digest if current is not None else ""
         registry.put_manifest(name, CURRENT, new)
         moves.append(Move(repository=repo, tag=CURRENT, digest=new.digest))
+    # Every tag has moved: the records say so (latest of every image of the release, moved or not).
     record.write_release(registry, org, tag, news, known)
-    _record_state(registry, org, before, moves)
+    record.write_state(registry, org, before, news, prev)
     return moves
-
-
-def _record_state(registry: Registry, org: str, before: record.State | None, moves: list[Move]) -> None:
-    """The state record, once every tag has moved: each moved repository's latest and prev."""
-    record.write_state(registry, org, before, {m.repository: m.digest for m in moves if m.tag == CURRENT},
-                       {m.repository: m.digest for m in moves if m.tag == PREVIOUS})  # fmt: skip
 
 
 def not_an_image(manifest: Manifest) -> str:
@@ -175,5 +172,6 @@ def rollback(registry: Registry, org: str, repositories: Iterable[str], target: 
         if current is not None and current.digest != wanted.digest:
             registry.put_manifest(name, PREVIOUS, current)
             moves.append(Move(repository=repo, tag=PREVIOUS, digest=current.digest))
-    _record_state(registry, org, record.state(registry, org), moves)
+    record.write_state(registry, org, record.state(registry, org), {m.repository: m.digest for m in moves if m.tag == CURRENT},
+                       {m.repository: m.digest for m in moves if m.tag == PREVIOUS})  # fmt: skip
     return moves

@@ -157,7 +157,7 @@ def measure(plan: Plan, results: dict[str, object], registry: Registry, org: str
     known = record.state(registry, org)
     prevs = known.prev if known else {}
     with ThreadPoolExecutor(max_workers=16) as pool:
-        found = list(pool.map(lambda step: _measure(step, results, registry, org, state_dir, prevs.get(step.repository, "")), plan.steps))
+        found = list(pool.map(lambda step: _measure(step, results, registry, org, state_dir, prevs.get(step.repository)), plan.steps))
     return [m for m in found if m is not None]
 
 
@@ -185,9 +185,12 @@ def _facts(registry: Registry, repo: str, ref: str, gpu: bool, state_dir: Path) 
     return facts
 
 
-def _prev_sizes(registry: Registry, repo: str, digest: str, gpu: bool, state_dir: Path) -> list[int]:
+def _prev_sizes(registry: Registry, repo: str, digest: str | None, gpu: bool, state_dir: Path) -> list[int]:
     """The layer sizes of the image ``prev`` names: by the digest the release records give, from the
-    facts kept of it when it was measured (no request), else from the registry."""
+    facts kept of it when it was measured (no request), else from the registry; none when the
+    records say there is no prev (""), the tag's when they do not know (None)."""
+    if digest == "":
+        return []
     if digest:
         kept = state_dir / "image-facts" / (digest.replace(":", "-") + ("-gpu" if gpu else "") + ".json")
         try:
@@ -199,7 +202,7 @@ def _prev_sizes(registry: Registry, repo: str, digest: str, gpu: bool, state_dir
     return registry.layer_sizes(repo, digest or PREVIOUS)
 
 
-def _measure(step, results: dict[str, object], registry: Registry, org: str, state_dir: Path, prev_digest: str = "") -> ImageSize | None:
+def _measure(step, results: dict[str, object], registry: Registry, org: str, state_dir: Path, prev_digest: str | None = None) -> ImageSize | None:
     repo = repo_path(org, step.repository)
     facts = _facts(registry, repo, step.id_tag, step.gpu, state_dir)
     if not facts or not facts["layers"]:

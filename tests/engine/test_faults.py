@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -116,7 +117,9 @@ def test_sigterm_during_a_smoke_check_ends_the_run_in_seconds_and_a_second_run_w
 
     code, seconds = run.stop(signal.SIGTERM)
     assert code == 143 and seconds < 10, (code, seconds, run.log[-2000:])
-    assert "stopped by SIGTERM: cancelled 1 image(s) (family-web); 3 finished and pushed by identity" in run.log
+    # family-web started once its parent was in the engine: the parent may still be on its way to the registry.
+    said = re.search(r"stopped by SIGTERM: cancelled (\d) image\(s\) \(([^)]*)\); (\d) finished and pushed by identity", run.log)
+    assert said and said.group(2).split(", ")[-1] == "family-web" and int(said.group(1)) + int(said.group(3)) == 4, run.log[-2000:]
     assert "no release tag was moved" in run.log and "Traceback" not in run.log
     nothing_left(run, "time.sleep(600)")
     assert released(fleet["org"]) == {repo: [] for repo in CHAIN}  # nothing published: no latest, no release tag
