@@ -80,6 +80,14 @@ class Manifest:
         return {"mediaType": self.media_type, "digest": self.digest, "size": len(self.body)}
 
 
+def artifact_manifest(artifact_type: str, layer: dict[str, object], **fields: object) -> Manifest:
+    """An OCI artifact: the empty config, one layer, and ``fields`` (a subject, annotations)."""
+    body = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type, "layers": [layer],
+            "config": {"mediaType": OCI_EMPTY, "digest": digest_of(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)}, **fields}  # fmt: skip
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return Manifest(digest=digest_of(raw), media_type=OCI_MANIFEST, body=raw)
+
+
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
     scheme, _, rest = header.partition(" ")
     return scheme.lower(), dict(re.findall(r'(\w+)="([^"]*)"', rest))
@@ -346,20 +354,11 @@ class Registry:
         """Push ``data`` as an artifact whose subject is ``subject`` and list it as a referrer."""
         self.push_blob(repo, EMPTY_CONFIG)
         layer = {"mediaType": artifact_type, "digest": self.push_blob(repo, data), "size": len(data)}
-        body = {
-            "schemaVersion": 2,
-            "mediaType": OCI_MANIFEST,
-            "artifactType": artifact_type,
-            "config": {"mediaType": OCI_EMPTY, "digest": digest_of(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
-            "layers": [layer],
-            "subject": subject.descriptor(),
-            "annotations": dict(sorted((annotations or {}).items())),
-        }
-        raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-        artifact = Manifest(digest=digest_of(raw), media_type=OCI_MANIFEST, body=raw)
+        notes = dict(sorted((annotations or {}).items()))
+        artifact = artifact_manifest(artifact_type, layer, subject=subject.descriptor(), annotations=notes)
         self.put_manifest(repo, artifact.digest, artifact)
         if not self._has_referrers_api(repo, subject.digest):
-            self._add_to_referrers_tag(repo, subject.digest, {**artifact.descriptor(), "artifactType": artifact_type, "annotations": body["annotations"]})
+            self._add_to_referrers_tag(repo, subject.digest, {**artifact.descriptor(), "artifactType": artifact_type, "annotations": notes})
         return artifact
 
     def referrers(self, repo: str, subject_digest: str, artifact_type: str = "") -> list[dict]:

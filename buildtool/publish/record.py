@@ -20,8 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from buildtool.adapters.protocols import Registry
-from buildtool.adapters.registry import EMPTY_CONFIG, OCI_EMPTY, OCI_MANIFEST, Manifest
-from buildtool.core.hashing import sha256
+from buildtool.adapters.registry import EMPTY_CONFIG, artifact_manifest
 from buildtool.core.refs import RELEASES_REPOSITORY, repo_path
 
 RECORD_TYPE = "application/vnd.fleet.release.v1+json"
@@ -85,15 +84,7 @@ def _write(registry: Registry, org: str, tag: str, record: Mapping[str, object])
     data = json.dumps({"schema": 1, **record}, sort_keys=True, indent=1).encode()
     registry.push_blob(name, EMPTY_CONFIG)
     layer = {"mediaType": RECORD_TYPE, "digest": registry.push_blob(name, data), "size": len(data)}
-    body = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "artifactType": RECORD_TYPE,
-        "config": {"mediaType": OCI_EMPTY, "digest": "sha256:" + sha256(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)},
-        "layers": [layer],
-    }
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    registry.put_manifest(name, tag, Manifest(digest="sha256:" + sha256(raw), media_type=OCI_MANIFEST, body=raw))
+    registry.put_manifest(name, tag, artifact_manifest(RECORD_TYPE, layer))
 
 
 def write_release(registry: Registry, org: str, tag: str, images: Mapping[str, str], known: Mapping[str, str] | None) -> None:
