@@ -13,7 +13,7 @@ Rows, each with the same selection on both sides:
 5. locking: an unchanged fleet (incremental), and a full re-resolve (``lock --upgrade``, uv) vs
    pip-compile of the same targets, one after another;
 6. image sizes: the toolkit's services against a naive single-stage Dockerfile of them;
-7. (full runs only) cold build of one machine's CUDA chain, base-gpu-cu121 → family-torch-cu121 →
+7. (full runs only, unless ``--without-cuda``) cold build of one machine's CUDA chain, base-gpu-cu121 → family-torch-cu121 →
    family-llm-cu121: about 10 GB and many minutes on each side.
 
 Each toolkit row's critical path (the chain of images that set its length, with each image's
@@ -351,7 +351,7 @@ def naive_sizes(settings: Settings, fleet: Fleet, engine: Engine, registry: Regi
     return rows
 
 
-def run_bench(settings: Settings, *, quick: bool = False, say: Callable[[str], None] = lambda line: None) -> Report:
+def run_bench(settings: Settings, *, quick: bool = False, cuda: bool = True, say: Callable[[str], None] = lambda line: None) -> Report:
     """Run every row on a copy of ``settings.root``'s fleet; write reports/bench.{json,md} to the state dir."""
     say("setting up: the fleet copy, the registry, a buildx whose bake runs the bake file")
     bench = Bench(settings, quick=quick, progress=_Quiet())
@@ -364,7 +364,7 @@ def run_bench(settings: Settings, *, quick: bool = False, say: Callable[[str], N
         (f"a {CHANGED_FAMILY} requirement change: relock, then both sides", bench.requirement_change),
         ("locking: unchanged fleet, then uv vs pip-compile", bench.locks),
         ("naive single-stage builds of three services", lambda: naive_sizes(bench.settings, load_fleet(bench.root), Docker(), bench.registry, NAIVE)),
-        *([] if quick else [(f"cold build of the CUDA chain of {CUDA_MACHINE}, both sides", bench.cuda_chain)]),
+        *([] if quick or not cuda else [(f"cold build of the CUDA chain of {CUDA_MACHINE}, both sides", bench.cuda_chain)]),
     ):
         say(what)
         made = row()

@@ -282,7 +282,7 @@ def bench(args: argparse.Namespace) -> int:
 
     fleet = fleet_of(args)
     run_settings = settings_of(args, fleet)
-    report = benching.run_bench(run_settings, quick=args.quick, say=lambda line: console.print(f"bench: {line}", highlight=False))
+    report = benching.run_bench(run_settings, quick=args.quick, cuda=not args.without_cuda, say=lambda line: console.print(f"bench: {line}", highlight=False))
     table = Table(title=f"bench, {report.mode} ({report.images} images; one run, one machine)")
     for col in ("measurement", "toolkit", "baseline", "baseline value", "ratio (baseline / toolkit)", "goal"):
         table.add_column(col, justify="left" if col in ("measurement", "baseline", "goal") else "right")

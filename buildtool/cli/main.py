@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure builds, no-ops and locking against docker buildx bake of the same targets")
     p.add_argument("--quick", action="store_true", help="the CPU chain and three services on one machine, one run per row (CI)")
+    p.add_argument("--without-cuda", action="store_true", help="leave out the cold CUDA chain row of a full run (about an hour on 2 cores)")
     p.set_defaults(func=commands.bench)
 
     p = sub.add_parser("report", help="print the last size report")
