@@ -125,6 +125,13 @@ def report(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def compose(session: nox.Session) -> None:
+    """Write a release's compose stacks to deploy/MACHINE/compose.yaml (`-- --release TAG`, `-- --machine pc2`)."""
+    _install(session)
+    _tool(session, "compose")
+
+
+@nox.session(default=False)
 def rollback(session: nox.Session) -> None:
     """Point `latest` back at `prev` (or FORCE_IMAGE_TAG) for the named services or families."""
     _install(session)

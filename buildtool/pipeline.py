@@ -27,6 +27,7 @@ from buildtool.adapters.registry import Registry as RegistryClient
 from buildtool.adapters.registry import is_loopback
 from buildtool.core import stopping
 from buildtool.core.errors import BuildError, LockError
+from buildtool.deploy import stacks
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
 from buildtool.execute.gate import judge
 from buildtool.execute.lookup import to_build
@@ -257,9 +258,15 @@ def _build(
         return Run(tag=tag, seconds=seconds, results=results, notes=notes, forwarded=forwarded, critical=critical)
     with stopping.deferred():  # a stop signal waits: every tag of the release moves, or none
         moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
+        notes += store_stacks(settings, fleet, registry, moves, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir, critical)
     return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes, forwarded=forwarded, critical=critical)
+
+
+def store_stacks(settings: Settings, fleet: Fleet, registry: Registry, moves: list[Move], tag: str) -> list[str]:
+    """After a publish that moved tags: the release's compose stacks, beside it in the registry."""
+    return stacks.store(registry, fleet, address=settings.registry, org=settings.org, release=tag) if moves else []
 
 
 @one_at_a_time
@@ -293,12 +300,14 @@ def release(
     missing = [r for r in results if r.status != "cached"]
     failed = [r for r in results if r.verdict is not None and r.verdict.failed]
     moves: list[Move] = []
+    notes: list[str] = []
     if not (report_only or missing or failed):
         with stopping.deferred():
             moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
+            notes = store_stacks(settings, fleet, registry, moves, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
     tables.write(measured, settings.state_dir)
-    run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured)
+    run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured, notes=notes)
     lines = "".join(f"\n  - {r.repository}: {r.message}" for r in missing + failed)
     if report_only:
         raise BuildError(f"a job of this run failed: what it pushed is reported, and no tag was moved{lines}", run=run)

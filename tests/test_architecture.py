@@ -25,6 +25,7 @@ RANKS = {
     "execute": 5,
     "publish": 6,
     "report": 7,
+    "deploy": 7,
     "pipeline": 8,
     "bake": 9,
     "repro": 9,

@@ -386,6 +386,28 @@ CASES = [
     Case("end-of-life-a-string", replace(LEGACY, "end_of_life = 2025-12-31", 'end_of_life = "Q4 2025"'), LEGACY, "end_of_life",
          "must be a date", count=1),
     Case("end-of-life-reason-alone", prepend(BASE, 'end_of_life_reason = "soon"\n'), BASE, "end_of_life", "needs the date", count=1),
+    # --- running the fleet: startup layers, GPU memory, memory, volumes, secrets
+    Case("layer-unknown", replace(SVC, 'layer = "infra-core"', 'layer = "infra-cor"'), SVC, "layer", "did you mean 'infra-core'", count=1),
+    Case("layer-missing", replace(SVC, 'layer = "infra-core"\n', ""), SVC, "layer", "name this service's", count=1),
+    Case("layer-cycle", replace(FLEET, '[layers.infra-core]\n', '[layers.infra-core]\nafter = ["web-interface"]\n'), FLEET,
+         "layers.async-pipeline.after", "cycle: async-pipeline → memory-stack → infra-core → web-interface → async-pipeline", count=1),
+    Case("layer-after-unknown", replace(FLEET, 'after = ["coordination", "memory-stack"]', 'after = ["coordination", "memory"]'), FLEET,
+         "layers.language-stack.after[1]", "unknown layer 'memory'", count=1),
+    Case("layer-name-with-space", append(FLEET, '\n[layers."web ui"]\n'), FLEET, "layers.'web ui'", "lowercase", count=1),
+    Case("vram-over-card", replace(MAINPC, "vram_overcommit_reason = ", "# vram_overcommit_reason = "), MAINPC, "vram_gb",
+         "declare 106 GB of GPU memory", count=1),
+    Case("memory-over-ram", replace(PC2, "ram_gb = 64", "ram_gb = 8"), PC2, "ram_gb", "add up to 37376 MB", count=1),
+    Case("memory-too-small", replace(SVC, 'layer = "infra-core"', 'layer = "infra-core"\nmemory_mb = 1'), SVC, "memory_mb", "", count=1),
+    Case("volume-over-the-app", replace(SVC, 'layer = "infra-core"', 'layer = "infra-core"\nvolumes = ["code:/app"]'), SVC, "volumes",
+         "mounts outside /data/", count=1),
+    Case("volume-dot-dot", replace(SVC, 'layer = "infra-core"', 'layer = "infra-core"\nvolumes = ["x:/data/../etc"]'), SVC, "volumes",
+         "is not a named volume", count=1),
+    Case("volume-two-at-one-path", replace(SVC, 'layer = "infra-core"', 'layer = "infra-core"\nvolumes = ["a:/data/x", "b:/data/x"]'), SVC,
+         "volumes", "mount point of both 'a' and 'b'", count=1),
+    Case("secret-a-path", replace(SVC, 'layer = "infra-core"', 'layer = "infra-core"\nsecrets = ["../../etc/shadow"]'), SVC, "secrets",
+         "is not a secret name", count=1),
+    Case("publish-address-a-name", prepend(PC2, 'publish_address = "0.0.0.0; rm -rf /"\n'), PC2, "publish_address", "not an IPv4", count=1),
+    Case("publish-address-out-of-range", prepend(PC2, 'publish_address = "127.0.0.256"\n'), PC2, "publish_address", "not an IPv4", count=1),
 ]
 
 def _params() -> list[Any]:

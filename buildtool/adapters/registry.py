@@ -80,9 +80,9 @@ class Manifest:
         return {"mediaType": self.media_type, "digest": self.digest, "size": len(self.body)}
 
 
-def artifact_manifest(artifact_type: str, layer: dict[str, object], **fields: object) -> Manifest:
-    """An OCI artifact: the empty config, one layer, and ``fields`` (a subject, annotations)."""
-    body = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type, "layers": [layer],
+def artifact_manifest(artifact_type: str, *layers: dict[str, object], **fields: object) -> Manifest:
+    """An OCI artifact: the empty config, its layers, and ``fields`` (a subject, annotations)."""
+    body = {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "artifactType": artifact_type, "layers": list(layers),
             "config": {"mediaType": OCI_EMPTY, "digest": digest_of(EMPTY_CONFIG), "size": len(EMPTY_CONFIG)}, **fields}  # fmt: skip
     raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     return Manifest(digest=digest_of(raw), media_type=OCI_MANIFEST, body=raw)

@@ -221,6 +221,34 @@ def check_image_store() -> None:
         )
 
 
+COMPOSE_PACKAGE = "docker-compose"  # compose v2 (trixie: 2.26), the `docker compose` CLI plugin
+COMPOSE_HELP = (
+    "`docker compose` (compose v2) is missing, and this host cannot install it by itself (that needs Debian and root). "
+    "Install it (on Debian: 'apt-get install --no-install-recommends docker-compose/trixie') and run again"
+)
+
+
+def _compose_ok() -> str | None:
+    try:
+        return host.run(["docker", "compose", "version", "--short"], timeout=30).stdout.strip() or None
+    except (CommandError, MissingToolError):
+        return None
+
+
+def ensure_compose() -> str:
+    """Return compose's version, installing trixie's compose v2 where it is missing (like the engine)."""
+    version = _compose_ok()
+    if version is None:
+        if not can_install():
+            raise EngineError(COMPOSE_HELP)
+        add_trixie_source()
+        ensure_host_packages([COMPOSE_PACKAGE], apt_target_release="trixie")
+        version = _compose_ok()
+        if version is None:
+            raise EngineError(f"{COMPOSE_PACKAGE} was installed but `docker compose version` does not answer; {COMPOSE_HELP}")
+    return version
+
+
 def ensure_engine(*, state_dir: Path) -> str:
     """Return the engine version, installing and starting Docker with buildx first where needed.
 

@@ -14,7 +14,7 @@ import sys
 from typing import NoReturn
 
 from buildtool.adapters import host
-from buildtool.cli import commands
+from buildtool.cli import commands, deploying
 from buildtool.cli.console import error
 from buildtool.core import stopping
 from buildtool.core.errors import ConfigError, Interrupted, ToolError, UsageError
@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="print the last size report")
     p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     p.set_defaults(func=commands.report)
+
+    p = sub.add_parser("compose", help="write a release's compose stacks, as its publish stored them, to deploy/MACHINE/compose.yaml")
+    p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--org", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--release", help="the release (default: FORCE_IMAGE_TAG, else the one the org's state was published by)")
+    p.add_argument("--machine", action="append", default=[], help="only this machine (repeatable)")
+    p.add_argument("--out", help="write below this folder instead of ROOT/deploy")
+    p.set_defaults(func=deploying.compose)
 
     p = sub.add_parser("rollback", help="point 'latest' back at 'prev' (or at FORCE_IMAGE_TAG)")
     _selection(p)

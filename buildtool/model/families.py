@@ -10,6 +10,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from buildtool.core.graph import CycleError, toposort
 from buildtool.core.names import did_you_mean
 from buildtool.model.archives import root_archive
+from buildtool.model.checks import check_env_names, check_requirements
 from buildtool.model.schema import (
     BUILDER_SCHEMA,
     CUDA_RE,
@@ -22,8 +23,6 @@ from buildtool.model.schema import (
     SMOKE_SCHEMA,
     TAG_RE,
     Collector,
-    check_env_names,
-    check_requirements,
     check_source,
     file_names,
 )
@@ -184,6 +183,8 @@ def read_families(c: Collector, settings: Settings) -> tuple[dict[str, Family], 
             runtime_tools=tuple(sorted({*(parent.runtime_tools if parent else ()), *tools})),
             end_of_life=v.get("end_of_life") if own_eol else parent.end_of_life if parent else None,
             end_of_life_reason=v.get("end_of_life_reason", "") if own_eol else parent.end_of_life_reason if parent else "",
+            memory_mb=v.get("memory_mb", parent.memory_mb if parent else 0),
+            volumes=(*(parent.volumes if parent else ()), *v.get("volumes", ())),  # a family's services mount its ancestors' volumes too
         )
     return families, defined
 

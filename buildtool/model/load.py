@@ -19,6 +19,8 @@ from buildtool.core.errors import Problem
 from buildtool.core.names import did_you_mean, image_slug
 from buildtool.model.allowlist import read_allowlist
 from buildtool.model.archives import read_archives
+from buildtool.model.checks import check_env_names, check_requirements
+from buildtool.model.deploy import check_deployment, read_layers
 from buildtool.model.families import read_families
 from buildtool.model.locks import LOCK_DIR, Lock, LockSyntax, parse_lock
 from buildtool.model.oslocks import OS_LOCK_DIR, OsLock, OsLockSyntax, parse_os_lock
@@ -34,8 +36,6 @@ from buildtool.model.schema import (
     SERVICE_SCHEMA,
     SETTINGS_SCHEMA,
     Collector,
-    check_env_names,
-    check_requirements,
     check_source,
     file_names,
 )
@@ -49,8 +49,8 @@ SERVICE_ENV_NAMES = frozenset({"SERVICE_NAME", "SERVICE_PORT", "HEALTH_PORT"})
 DEFAULT_SUITES = (("bookworm", "3.11"), ("jammy", "3.10"), ("trixie", "3.13"))
 
 
-def _read_settings(c: Collector) -> tuple[Settings, dict[str, Any] | None]:
-    """The settings, and the service defaults (None when fleet.toml could not be read)."""
+def _read_settings(c: Collector) -> tuple[Settings, dict[str, Any] | None, dict[str, tuple[str, ...]]]:
+    """The settings, the service defaults (None when fleet.toml could not be read) and the startup layers."""
     file = "fleet.toml"
     path = c.root / file
     exists = path.exists() or path.is_symlink()
@@ -70,7 +70,7 @@ def _read_settings(c: Collector) -> tuple[Settings, dict[str, Any] | None]:
     )
     if "source" in d and not check_source(c, file, "service_defaults.source", d["source"]):
         d["source"] = ""  # reported here; services that use the default get no follow-up
-    return settings, (d if data is not None else None)
+    return settings, (d if data is not None else None), read_layers(c, top["layers"]) if "layers" in top else {}
 
 
 def _read_machines(c: Collector) -> tuple[dict[str, Machine], set[str]]:
@@ -110,6 +110,9 @@ def _read_machines(c: Collector) -> tuple[dict[str, Machine], set[str]]:
             cuda_arch=arch,
             profile=v.get("profile", ()),
             informational=v.get("informational", ()),
+            ram_gb=v.get("ram_gb", 0),
+            vram_overcommit_reason=v.get("vram_overcommit_reason", ""),
+            publish_address=v.get("publish_address", "127.0.0.1"),
         )
         generated = dict.fromkeys(GENERATED_PROFILE_KEYS, "the toolkit (from the machine's name, gpu, vram_gb and cuda_arch)")
         generated |= dict.fromkeys(SERVICE_ENV_NAMES, "the toolkit in every service image (from the service's port)")
@@ -202,6 +205,10 @@ def _read_services(
             entrypoint=tuple(entrypoint),
             requirements=reqs,
             env=env,
+            layer=v.get("layer", ""),
+            memory_mb=v.get("memory_mb", 0),
+            volumes=v.get("volumes", ()),
+            secrets=v.get("secrets", ()),
         )
     if not slugs:
         c.add("services/", "", "no service definitions found; add services/NAME.toml")
@@ -304,7 +311,7 @@ def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
     """
     root = root.resolve()
     c = Collector(root)
-    settings, defaults = _read_settings(c)
+    settings, defaults, layers = _read_settings(c)
     machines, machine_files = _read_machines(c)
     families, defined = read_families(c, settings)
     services, origins = _read_services(c, families, defined, machines, machine_files, defaults)
@@ -321,9 +328,11 @@ def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
         os_locks=os_locks,
         lock_faults=lock_faults,
         allowlist=read_allowlist(c, defined, today or dt.datetime.now(dt.UTC).date()),
+        layers=layers,
         warnings=tuple(sorted(c.warnings, key=lambda p: (p.file, p.key, p.message))),
     )
     _check_placement(c, fleet)
+    check_deployment(c, fleet, layers_known=defaults is not None)  # an unreadable fleet.toml: no follow-ups
     c.raise_if_any()
     eol = _past_end_of_life(fleet, today or dt.datetime.now(dt.UTC).date())
     return dataclasses.replace(fleet, warnings=tuple(sorted([*fleet.warnings, *eol], key=lambda p: (p.file, p.key, p.message))))

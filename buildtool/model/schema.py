@@ -15,10 +15,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-
 from buildtool.core.errors import ConfigError, Problem
-from buildtool.core.names import canonical, did_you_mean
+from buildtool.core.names import did_you_mean
 from buildtool.model.sources import check_folder
 from buildtool.model.text import hostile
 
@@ -51,6 +49,11 @@ IMAGE_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 RELEASE_TAG_RE = re.compile(r"[0-9]{8}-(?:[0-9a-f]{7,40}|nogit)(?:-dirty-[0-9a-f]{8})?")
 # An apt archive's address: http(s), a host name or address, a port, a path of plain segments.
 ARCHIVE_URL_RE = re.compile(r"https?://[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~+-]+)*")
+# A named volume and where it is mounted: a lowercase name, an absolute path without '.' or '..' parts.
+VOLUME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}:(?:/(?!\.\.?(?:/|$))[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){1,16}")
+SECRET_RE = re.compile(r"[a-z][a-z0-9_]{0,62}")  # a compose secret: /run/secrets/NAME, from deploy/secrets/NAME
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+ADDRESS_RE = re.compile(rf"(?:{_OCTET}\.){{3}}{_OCTET}")  # an IPv4 address a machine publishes ports on
 SNAPSHOT_RE = re.compile(r"[0-9]{8}T[0-9]{6}Z")  # snapshot.debian.org's timestamps: 20261121T095414Z
 
 MAX_TOML_BYTES = 1 << 20
@@ -89,6 +92,22 @@ def _strlist(v: Any) -> tuple[Any, str | None]:
     if bad:
         return None, f"entry {bad[0][0]} ({bad[0][1]!r}) must be one line without control characters; remove the line break"
     return tuple(v), None
+
+
+def patterns(regex: re.Pattern[str], what: str) -> Checker:
+    """A list of strings, each a full match of ``regex``."""
+
+    def check(v: Any) -> tuple[Any, str | None]:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            return None, "must be a list of strings"
+        bad = [(i, x) for i, x in enumerate(v) if not regex.fullmatch(x)]
+        if bad:
+            return None, f"entry {bad[0][0]} ({bad[0][1]!r}) is not {what}"
+        if len(set(v)) != len(v):
+            return None, "lists an entry twice"
+        return tuple(v), None
+
+    return check
 
 
 def _argv(v: Any) -> tuple[Any, str | None]:
@@ -171,7 +190,7 @@ SETTINGS_SCHEMA: dict[str, Checker] = {
     "source_date_epoch": _int(0, 2**32),
 }
 SERVICE_DEFAULTS_SCHEMA: dict[str, Checker] = {"source": _str, "entrypoint": _argv}
-FLEET_SCHEMA: dict[str, Checker] = {"settings": _any, "service_defaults": _any, "archives": _any}
+FLEET_SCHEMA: dict[str, Checker] = {"settings": _any, "service_defaults": _any, "archives": _any, "layers": _any}
 ARCHIVES_SCHEMA: dict[str, Checker] = {"debian": _any, "ubuntu": _any}
 ARCHIVE_SCHEMA: dict[str, Checker] = {
     "mirror": _archive_url,
@@ -187,6 +206,9 @@ MACHINE_SCHEMA: dict[str, Checker] = {
     "cuda_arch": _str,
     "informational": _strlist,  # profile keys only the fleet's own services read (model/profiles.py)
     "profile": _env,
+    "ram_gb": _int(1, 65536),
+    "vram_overcommit_reason": _str,  # why the services' declared GPU memory may add up to more than the card's
+    "publish_address": pattern(ADDRESS_RE, 'an IPv4 address, e.g. "127.0.0.1"'),
 }
 ROOT_SCHEMA: dict[str, Checker] = {
     "source": _str,
@@ -222,6 +244,8 @@ FAMILY_SCHEMA: dict[str, Checker] = {
     "runtime_tools": _strlist,
     "end_of_life": _date,
     "end_of_life_reason": _str,
+    "memory_mb": _int(16, 16 * 1024 * 1024),  # the memory limit of its services' containers (a service may set its own)
+    "volumes": patterns(VOLUME_RE, 'a named volume and its mount point, e.g. "hf-models:/data/models/huggingface"'),
 }
 SERVICE_SCHEMA: dict[str, Checker] = {
     "family": _str,
@@ -234,7 +258,12 @@ SERVICE_SCHEMA: dict[str, Checker] = {
     "entrypoint": _argv,
     "requirements": _strlist,
     "env": _env,
+    "layer": pattern(NAME_RE, "a startup layer of fleet.toml's [layers]"),
+    "memory_mb": _int(16, 16 * 1024 * 1024),
+    "volumes": patterns(VOLUME_RE, 'a named volume and its mount point, e.g. "memory-data:/data/memory"'),
+    "secrets": patterns(SECRET_RE, "a secret name of lowercase letters, digits and '_'"),
 }
+LAYER_SCHEMA: dict[str, Checker] = {"after": patterns(NAME_RE, "a layer name"), "description": _str}
 REQUIRED = {
     "machine": ("description",),
     "family": ("description",),
@@ -327,48 +356,6 @@ class Collector:
             if key not in data:
                 self.add(file, f"{prefix}.{key}" if prefix else key, f"is required in a {kind} definition")
         return out
-
-
-def check_requirements(c: Collector, file: str, key: str, reqs: tuple[str, ...]) -> None:
-    seen: set[str] = set()
-    for i, line in enumerate(reqs):
-        try:
-            req = Requirement(line)
-        except InvalidRequirement as exc:
-            c.add(file, f"{key}[{i}]", f"malformed requirement {line!r}: {exc}")
-            continue
-        if line != line.strip():
-            c.add(file, f"{key}[{i}]", f"{line!r} has surrounding spaces; remove them")
-        if req.url:
-            c.add(file, f"{key}[{i}]", f"{line!r}: direct URLs cannot be hash-locked from an index; use a version pin")
-        name = canonical(req.name)
-        if name in seen:
-            c.add(file, f"{key}[{i}]", f"{req.name} is listed twice; keep one entry")
-        seen.add(name)
-
-
-# Variables that change which code a process runs or loads. No fleet file sets one; a family may
-# set LD_LIBRARY_PATH (``allow``), where its own libraries live.
-LOADER_VARS = re.compile(r"LD_[A-Z_]*|PATH|PYTHON(?:PATH|HOME|STARTUP|USERBASE|INSPECT|EXECUTABLE|SAFEPATH|PLATLIBDIR|NOUSERSITE|BREAKPOINT)"
-                         r"|BASH_ENV|ENV|IFS|NODE_OPTIONS|PERL5OPT|PERL5LIB|RUBYOPT|GCONV_PATH")  # fmt: skip
-# Variables that change where pip, uv or apt install from, or how they check it: a build's
-# hash-locked install takes none from a fleet file.
-INSTALLER_VARS = re.compile(r"(?:PIP|UV)_[A-Z0-9_]*|[A-Z]*_PROXY|REQUESTS_CA_BUNDLE|SSL_CERT_(?:FILE|DIR)|CURL_CA_BUNDLE|APT_CONFIG|NETRC"
-                            r"|PYTHONHTTPSVERIFY|HOME|XDG_CONFIG_(?:HOME|DIRS)", re.IGNORECASE)  # HOME: where pip.conf and .netrc are read  # fmt: skip
-
-
-def check_env_names(c: Collector, file: str, key: str, env: tuple[tuple[str, str], ...], reserved: Mapping[str, str], *,
-                    allow: frozenset[str] = frozenset(), build: bool = False) -> None:  # fmt: skip
-    """Every variable a fleet file sets (a profile, an image's or a build's env) is checked against
-    one list: the toolkit's own (``reserved``), those that change which code runs, and, for a
-    build (``build``), those that redirect or weaken the hash-locked install."""
-    for name, _ in env:
-        if name in reserved:
-            c.add(file, f"{key}.{name}", f"is set by {reserved[name]} and cannot be replaced here; remove it or rename the variable")
-        elif LOADER_VARS.fullmatch(name) and name not in allow:
-            c.add(file, f"{key}.{name}", "changes which code a process runs or loads (the loader's, the shell's or Python's search); remove it")
-        elif build and INSTALLER_VARS.fullmatch(name):
-            c.add(file, f"{key}.{name}", "changes where pip or apt install from, or how they check it; the hash-locked install takes none: remove it")
 
 
 def check_source(c: Collector, file: str, key: str, rel: str, *, want_file: bool = False) -> bool:

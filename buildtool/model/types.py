@@ -106,6 +106,8 @@ class Family:
     runtime_tools: tuple[str, ...] = ()  # tools the structure checks would refuse that this family's images need (its own and inherited)
     end_of_life: dt.date | None = None  # after this date the family is past its end of life (its own, or its parent's)
     end_of_life_reason: str = ""
+    memory_mb: int = 0  # its services' memory limit (0: none declared here; the parent's applies)
+    volumes: tuple[str, ...] = ()  # "NAME:/path" named volumes its services mount (and its children's)
 
     @property
     def has_python_deps(self) -> bool:
@@ -122,6 +124,9 @@ class Machine:
     cuda_arch: str  # e.g. "8.9"
     profile: Pairs  # baked into /etc/machine-profile.json and the image environment
     informational: tuple[str, ...] = ()  # profile keys only the fleet's own services read (model/profiles.py)
+    ram_gb: int = 0  # its memory: the services' declared limits must fit (0: not declared, not checked)
+    vram_overcommit_reason: str = ""  # why its services' declared GPU memory may exceed the card's
+    publish_address: str = "127.0.0.1"  # where its compose stack publishes the services' ports
 
     @property
     def has_gpu(self) -> bool:
@@ -158,6 +163,10 @@ class Service:
     entrypoint: tuple[str, ...]
     requirements: tuple[str, ...]
     env: Pairs
+    layer: str = ""  # its startup layer (fleet.toml [layers]): compose starts it once the layers before are healthy
+    memory_mb: int = 0  # its container's memory limit (0: its family's, if any)
+    volumes: tuple[str, ...] = ()  # named volumes of its own, beside its families'
+    secrets: tuple[str, ...] = ()  # compose secrets it reads from /run/secrets/NAME
 
     @property
     def slug(self) -> str:
@@ -189,6 +198,7 @@ class Fleet:
     os_locks: dict[str, OsLock] = field(default_factory=dict)  # OS package locks by path (lockfiles/os/...), read once
     lock_faults: dict[str, str] = field(default_factory=dict)  # lock files that exist but cannot be read: path -> why
     allowlist: Allowlist = field(default_factory=Allowlist)  # security/allowlist.toml
+    layers: dict[str, tuple[str, ...]] = field(default_factory=dict)  # startup layer -> the layers it starts after
     warnings: tuple[Problem, ...] = ()  # found while loading, nothing fails on them: a profile key no program reads
 
     def lineage(self, family: str) -> list[Family]:

@@ -3,7 +3,9 @@
 ``ORG/releases`` holds small OCI artifacts, one JSON blob each:
 
   <release tag>  the release: each repository published under it, and its digest
-  latest         the org's state: each repository's ``latest`` and ``prev`` digests
+  latest         the org's state: each repository's ``latest`` and ``prev`` digests, and the
+                 release that set it ("" after a rollback to prev)
+  <tag>.stacks   the release's compose stacks, one file per machine (buildtool.deploy.stacks)
 
 Publish and rollback write them once every tag of theirs has moved (a run that fails moves no
 tag and writes no record). A publish whose images the records show as that release and as
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from buildtool.adapters.protocols import Registry
 from buildtool.adapters.registry import EMPTY_CONFIG, artifact_manifest
 from buildtool.core.refs import RELEASES_REPOSITORY, repo_path
+from buildtool.model.schema import IMAGE_TAG_RE
 
 RECORD_TYPE = "application/vnd.fleet.release.v1+json"
 STATE = "latest"  # the tag of the org's state record
@@ -36,6 +39,7 @@ class State:
 
     latest: dict[str, str] = field(default_factory=dict)
     prev: dict[str, str] = field(default_factory=dict)
+    release: str = ""  # the release whose publish set latest ("": a rollback, or a record from before releases were kept)
 
 
 def _digests(data: object, *, none: bool = False) -> dict[str, str] | None:
@@ -76,7 +80,10 @@ def state(registry: Registry, org: str) -> State | None:
     if not record:
         return None
     latest, prev = _digests(record.get("latest")), _digests(record.get("prev"), none=True)
-    return State(latest, prev) if latest is not None and prev is not None else None
+    release = record.get("release", "")
+    if not isinstance(release, str) or (release and not IMAGE_TAG_RE.fullmatch(release)):
+        return None
+    return State(latest, prev, release) if latest is not None and prev is not None else None
 
 
 def _write(registry: Registry, org: str, tag: str, record: Mapping[str, object]) -> None:
@@ -94,9 +101,11 @@ def write_release(registry: Registry, org: str, tag: str, images: Mapping[str, s
         _write(registry, org, tag, {"kind": "release", "tag": tag, "images": dict(sorted(merged.items()))})
 
 
-def write_state(registry: Registry, org: str, before: State | None, latest: Mapping[str, str], prev: Mapping[str, str]) -> None:
-    """Record the org's state: ``before`` with the repositories whose tags this run moved."""
+def write_state(registry: Registry, org: str, before: State | None, latest: Mapping[str, str], prev: Mapping[str, str], release: str) -> State:
+    """Record the org's state: ``before`` with the repositories whose tags this run moved, set by ``release``."""
     old = before or State()
-    new = State({**old.latest, **latest}, {**old.prev, **prev})
+    new = State({**old.latest, **latest}, {**old.prev, **prev}, release)
     if new != old:
-        _write(registry, org, STATE, {"kind": "state", "latest": dict(sorted(new.latest.items())), "prev": dict(sorted(new.prev.items()))})
+        _write(registry, org, STATE, {"kind": "state", "latest": dict(sorted(new.latest.items())), "prev": dict(sorted(new.prev.items())),
+                                      "release": release})  # fmt: skip
+    return new

@@ -133,7 +133,7 @@ def publish(registry: Registry, org: str, images: Mapping[str, str], tag: str) -
         moves.append(Move(repository=repo, tag=CURRENT, digest=new.digest))
     # Every tag has moved: the records say so (latest of every image of the release, moved or not).
     record.write_release(registry, org, tag, news, known)
-    record.write_state(registry, org, before, news, prev)
+    record.write_state(registry, org, before, news, prev, tag)
     return moves
 
 
@@ -172,6 +172,7 @@ def rollback(registry: Registry, org: str, repositories: Iterable[str], target: 
         if current is not None and current.digest != wanted.digest:
             registry.put_manifest(name, PREVIOUS, current)
             moves.append(Move(repository=repo, tag=PREVIOUS, digest=current.digest))
+    # After a rollback the state is no one release's publish (release ""): no release's stacks describe it.
     record.write_state(registry, org, record.state(registry, org), {m.repository: m.digest for m in moves if m.tag == CURRENT},
-                       {m.repository: m.digest for m in moves if m.tag == PREVIOUS})  # fmt: skip
+                       {m.repository: m.digest for m in moves if m.tag == PREVIOUS}, "")  # fmt: skip
     return moves

@@ -1,0 +1,1 @@
+"""From a release to a running fleet: compose stacks per machine."""

@@ -1,0 +1,136 @@
+"""A machine's compose stack, from the plan and a release's digests: pure, no engine, no registry.
+
+Each service of the machine runs its image by digest (``REGISTRY/ORG/REPO@sha256:…``), so a stack
+is exactly a release. Every service gets the same hardening (read-only root, tmpfs ``/tmp``, no
+capabilities, no new privileges, UID 10001, ``restart: on-failure`` with a retry limit, rotated
+logs), its ports on the machine's publish address, its memory limit, its families' and its own
+named volumes, its secrets as compose secrets (files the operator provides next to the stack,
+never values in the file), a GPU reservation on a GPU machine, and ``depends_on`` with
+``condition: service_healthy`` from the startup layers (:mod:`buildtool.model.deploy`). The
+health check is the image's own ``HEALTHCHECK``: the stack does not repeat it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+
+from buildtool.core.errors import ReleaseError
+from buildtool.core.refs import ImageRef
+from buildtool.model import deploy
+from buildtool.model.schema import IMAGE_TAG_RE
+from buildtool.model.types import Fleet, Service
+from buildtool.plan.plan import Plan, make_plan
+
+RESTART = "on-failure:5"  # restarts after a crash, at most five times: a crash loop ends
+LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
+SECRETS_DIR = "secrets"  # beside the compose file: deploy/MACHINE/secrets/NAME
+RELEASE_LABEL = "fleet.release"
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+
+
+def machine_plan(fleet: Fleet, machine: str) -> Plan:
+    """Every service of ``machine`` (and the families under them)."""
+    return make_plan(fleet, machines=[machine], services=on_machine_names(fleet, machine))
+
+
+def on_machine_names(fleet: Fleet, machine: str) -> list[str]:
+    return [s.name for s in deploy.on_machine(fleet, machine)]
+
+
+def service_name(svc: Service) -> str:
+    """The compose service: the image's slug (lowercase letters, digits, '-')."""
+    return svc.slug
+
+
+def stack(fleet: Fleet, machine: str, *, registry: str, org: str, digests: Mapping[str, str], release: str) -> dict[str, object]:
+    """The compose file of ``machine`` with each service's image at its digest in ``digests``
+    (repository → digest). Raises ReleaseError naming the images ``digests`` lacks."""
+    if not IMAGE_TAG_RE.fullmatch(release):
+        raise ReleaseError(f"{release[:130]!r} is not a release tag; name a published release (YYYYMMDD-GITSHA)")
+    bad = sorted(r for r, d in digests.items() if not DIGEST_RE.fullmatch(d))
+    if bad:
+        raise ReleaseError(f"release {release} gives no sha256 digest for {', '.join(bad)}")
+    plan = machine_plan(fleet, machine)
+    steps = {s.name: s for s in plan.steps if s.kind == "service"}
+    missing = sorted(s.repository for s in steps.values() if s.repository not in digests)
+    if missing:
+        raise ReleaseError(f"release {release} has no image of {', '.join(missing)}; publish the services of {machine} before composing its stack")
+    mach = fleet.machines[machine]
+    services: dict[str, object] = {}
+    volumes: dict[str, object] = {}
+    secrets: dict[str, object] = {}
+    for svc in deploy.on_machine(fleet, machine):
+        step = steps[svc.name]
+        entry: dict[str, object] = {
+            "image": str(ImageRef(registry=registry, org=org, repository=step.repository, digest=digests[step.repository])),
+            "restart": RESTART,
+            "user": "10001:10001",
+            "read_only": True,
+            "tmpfs": ["/tmp"],
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "ports": [f"{mach.publish_address}:{p}:{p}" for p in (svc.port, svc.health_port)],
+            "logging": LOGGING,
+            "labels": {RELEASE_LABEL: release, "fleet.service": svc.name},
+        }
+        if memory := deploy.memory_mb(fleet, svc):
+            entry["mem_limit"] = f"{memory}m"
+        if mounts := deploy.volumes(fleet, svc):
+            entry["volumes"] = list(mounts)
+            volumes.update({spec.split(":", 1)[0]: {} for spec in mounts})
+        if svc.secrets:
+            entry["secrets"] = list(svc.secrets)
+            secrets.update({name: {"file": f"./{SECRETS_DIR}/{name}"} for name in svc.secrets})
+        if fleet.families[svc.family].gpu and mach.has_gpu:
+            device = dict(mach.profile).get("CUDA_VISIBLE_DEVICES", "0")
+            entry["deploy"] = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "device_ids": device.split(","), "capabilities": ["gpu"]}]}}}
+        if after := deploy.depends_on(fleet, svc, machine):
+            entry["depends_on"] = {service_name(fleet.services[n]): {"condition": "service_healthy"} for n in after}
+        services[service_name(svc)] = entry
+    out: dict[str, object] = {"name": f"fleet-{machine}", "services": services}
+    if volumes:
+        out["volumes"] = dict(sorted(volumes.items()))
+    if secrets:
+        out["secrets"] = dict(sorted(secrets.items()))
+    return out
+
+
+PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+
+
+def _scalar(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return json.dumps(str(value))  # a JSON string is a YAML double-quoted scalar: every character escaped
+
+
+def to_yaml(data: object, indent: int = 0) -> str:
+    """Block-style YAML of dicts, lists and scalars; keys plain where they are plain words, every
+    string value double-quoted (nothing a fleet file holds can become YAML syntax)."""
+    pad = "  " * indent
+    lines: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            k = key if PLAIN.fullmatch(key) else json.dumps(key)
+            if isinstance(value, (dict, list)) and value:
+                lines.append(f"{pad}{k}:\n{to_yaml(value, indent + 1)}")
+            else:
+                lines.append(f"{pad}{k}: {'{}' if value == {} else '[]' if value == [] else _scalar(value)}")
+    elif isinstance(data, list):
+        for item in data:
+            if isinstance(item, (dict, list)) and item:
+                first, *rest = to_yaml(item, indent + 1).split("\n")
+                lines.append(f"{pad}- {first.strip()}" + "".join(f"\n{line}" for line in rest))
+            else:
+                lines.append(f"{pad}- {_scalar(item)}")
+    return "\n".join(lines)
+
+
+def render(fleet: Fleet, machine: str, *, registry: str, org: str, digests: Mapping[str, str], release: str) -> str:
+    """The compose file's text (see :func:`stack`)."""
+    body = to_yaml(stack(fleet, machine, registry=registry, org=org, digests=digests, release=release))
+    return f"# The compose stack of {machine} for release {release}, written by the fleet toolkit: regenerate, do not edit.\n{body}\n"
