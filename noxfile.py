@@ -132,6 +132,13 @@ def compose(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def deploy(session: nox.Session) -> None:
+    """Deploy a release on this machine: `-- --machine mainpc` (`--release TAG`; `--rollback`: the stack the last deploy replaced)."""
+    _install(session)
+    _tool(session, "deploy")
+
+
+@nox.session(default=False)
 def rollback(session: nox.Session) -> None:
     """Point `latest` back at `prev` (or FORCE_IMAGE_TAG) for the named services or families."""
     _install(session)

@@ -154,3 +154,9 @@ class RefError(ToolError):
 
 class TimeLimit(BuildError):
     """A step ran past its time limit and was ended."""
+
+
+class DeployError(ToolError):
+    """A deploy did not reach every service healthy (what ran before runs again), or its preflight failed."""
+
+    exit_code = 16

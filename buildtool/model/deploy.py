@@ -129,3 +129,15 @@ def check_deployment(c: Collector, fleet: Fleet, *, layers_known: bool = True) -
         ram = sum(memory_mb(fleet, s) for s in services)
         if machine.ram_gb and ram > machine.ram_gb * 1024:
             c.add(machine.file, "ram_gb", f"its services' memory limits add up to {ram} MB, more than its {machine.ram_gb} GB; lower memory_mb")
+
+
+def depth(fleet: Fleet, machine: str) -> int:
+    """How many startup steps ``machine``'s stack takes: its longest ``depends_on`` chain (1: all at once)."""
+    memo: dict[str, int] = {}
+
+    def of(name: str) -> int:
+        if name not in memo:
+            memo[name] = 1 + max((of(n) for n in depends_on(fleet, fleet.services[name], machine)), default=0)
+        return memo[name]
+
+    return max((of(s.name) for s in on_machine(fleet, machine)), default=0)
