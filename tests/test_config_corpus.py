@@ -388,7 +388,6 @@ CASES = [
     Case("end-of-life-reason-alone", prepend(BASE, 'end_of_life_reason = "soon"\n'), BASE, "end_of_life", "needs the date", count=1),
     # --- running the fleet: startup layers, GPU memory, memory, volumes, secrets
     Case("layer-unknown", replace(SVC, 'layer = "infra-core"', 'layer = "infra-cor"'), SVC, "layer", "did you mean 'infra-core'", count=1),
-    Case("layer-missing", replace(SVC, 'layer = "infra-core"\n', ""), SVC, "layer", "name this service's", count=1),
     Case("layer-cycle", replace(FLEET, '[layers.infra-core]\n', '[layers.infra-core]\nafter = ["web-interface"]\n'), FLEET,
          "layers.async-pipeline.after", "cycle: async-pipeline → memory-stack → infra-core → web-interface → async-pipeline", count=1),
     Case("layer-after-unknown", replace(FLEET, 'after = ["coordination", "memory-stack"]', 'after = ["coordination", "memory"]'), FLEET,

@@ -25,7 +25,7 @@ def compose(args: argparse.Namespace) -> int:
             raise UsageError(f"unknown machine {m!r}; one of {', '.join(fleet.machines)}")
     registry = pipeline.bring_up(run_settings, engine=False)
     release = args.release or run_settings.force_image_tag or stacks.current_release(registry, run_settings.org)
-    found = stacks.fetch(registry, run_settings.org, release)
+    found = stacks.fetch(registry, run_settings.org, release, address=run_settings.registry)
     wanted = {m: text for m, text in found.items() if not args.machine or m in args.machine}
     if args.machine and set(args.machine) - set(found):
         raise UsageError(f"release {release} has no stack for {', '.join(sorted(set(args.machine) - set(found)))} (it has: {', '.join(sorted(found))})")
@@ -65,7 +65,7 @@ def deploy(args: argparse.Namespace) -> int:
     else:
         registry = pipeline.bring_up(run_settings, engine=False)
         release = args.release or run_settings.force_image_tag or stacks.current_release(registry, run_settings.org)
-        found_stacks = stacks.fetch(registry, run_settings.org, release)
+        found_stacks = stacks.fetch(registry, run_settings.org, release, address=run_settings.registry)
         if machine not in found_stacks:
             raise UsageError(f"release {release} has no stack for {machine} (it has: {', '.join(sorted(found_stacks)) or 'none'})")
         stack = found_stacks[machine]

@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from buildtool.core.errors import ReleaseError
 from buildtool.core.refs import ImageRef
 from buildtool.model import deploy
-from buildtool.model.schema import IMAGE_TAG_RE
+from buildtool.model.deploy import VOLUME_ROOT
+from buildtool.model.schema import ADDRESS_RE, IMAGE_TAG_RE, NAME_RE, SECRET_RE, VOLUME_RE
 from buildtool.model.types import Fleet, Service
 from buildtool.plan.plan import Plan, make_plan
 
@@ -27,6 +28,7 @@ RESTART = "on-failure:5"  # restarts after a crash, at most five times: a crash 
 LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"}}
 SECRETS_DIR = "secrets"  # beside the compose file: deploy/MACHINE/secrets/NAME
 RELEASE_LABEL = "fleet.release"
+SERVICE_LABEL = "fleet.service"
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
 
@@ -73,7 +75,7 @@ def stack(fleet: Fleet, machine: str, *, registry: str, org: str, digests: Mappi
             "security_opt": ["no-new-privileges:true"],
             "ports": [f"{mach.publish_address}:{p}:{p}" for p in (svc.port, svc.health_port)],
             "logging": LOGGING,
-            "labels": {RELEASE_LABEL: release, "fleet.service": svc.name},
+            "labels": {RELEASE_LABEL: release, SERVICE_LABEL: svc.name},
         }
         if memory := deploy.memory_mb(fleet, svc):
             entry["mem_limit"] = f"{memory}m"
@@ -98,6 +100,7 @@ def stack(fleet: Fleet, machine: str, *, registry: str, org: str, digests: Mappi
 
 
 PLAIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+YAML_WORDS = {"y", "yes", "n", "no", "true", "false", "on", "off", "null"}  # YAML 1.1 reads these as booleans or null: quoted
 
 
 def _scalar(value: object) -> str:
@@ -115,7 +118,7 @@ def to_yaml(data: object, indent: int = 0) -> str:
     lines: list[str] = []
     if isinstance(data, dict):
         for key, value in data.items():
-            k = key if PLAIN.fullmatch(key) else json.dumps(key)
+            k = key if PLAIN.fullmatch(key) and key.lower() not in YAML_WORDS else json.dumps(key)
             if isinstance(value, (dict, list)) and value:
                 lines.append(f"{pad}{k}:\n{to_yaml(value, indent + 1)}")
             else:
@@ -130,7 +133,82 @@ def to_yaml(data: object, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
+def as_yaml(data: Mapping[str, object], machine: str, release: str) -> str:
+    """The compose file's text: a stack as YAML, under a header naming its machine and release."""
+    return f"# The compose stack of {machine} for release {release}, written by the fleet toolkit: regenerate, do not edit.\n{to_yaml(data)}\n"
+
+
 def render(fleet: Fleet, machine: str, *, registry: str, org: str, digests: Mapping[str, str], release: str) -> str:
     """The compose file's text (see :func:`stack`)."""
-    body = to_yaml(stack(fleet, machine, registry=registry, org=org, digests=digests, release=release))
-    return f"# The compose stack of {machine} for release {release}, written by the fleet toolkit: regenerate, do not edit.\n{body}\n"
+    return as_yaml(stack(fleet, machine, registry=registry, org=org, digests=digests, release=release), machine, release)
+
+
+# -- a stack read back: only what stack() writes ------------------------------------------------
+
+SLUG = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
+PORT = re.compile(rf"{ADDRESS_RE.pattern}:([0-9]{{4,5}}):([0-9]{{4,5}})")
+FIXED = {"restart": RESTART, "user": "10001:10001", "read_only": True, "tmpfs": ["/tmp"], "cap_drop": ["ALL"],
+         "security_opt": ["no-new-privileges:true"], "logging": LOGGING}  # fmt: skip
+OPTIONAL = {"mem_limit", "volumes", "secrets", "deploy", "depends_on"}
+
+
+def check(data: object, *, registry: str, org: str, machine: str) -> dict[str, object]:
+    """``data`` if it is a stack as :func:`stack` writes it for ``machine`` (images by digest in
+    ``registry/org`` only, every service hardened, nothing else); ReleaseError naming what is not."""
+
+    def refuse(where: str, why: str) -> ReleaseError:
+        return ReleaseError(f"the stored stack of {machine}: {where[:120]}: {why}; it is not one this toolkit wrote, and nothing was deployed")
+
+    if not isinstance(data, dict) or set(data) - {"name", "services", "volumes", "secrets"} or data.get("name") != f"fleet-{machine}":
+        raise refuse("top level", "only name (fleet-MACHINE), services, volumes and secrets belong there")
+    services, volumes, secrets = data.get("services"), data.get("volumes", {}), data.get("secrets", {})
+    if not isinstance(services, dict) or not services or not isinstance(volumes, dict) or not isinstance(secrets, dict):
+        raise refuse("top level", "services, volumes and secrets are tables, services not empty")
+    image = re.compile(rf"{re.escape(registry)}/{re.escape(org)}/{SLUG.pattern}@{DIGEST_RE.pattern}")
+    for name, entry in services.items():
+        where = f"services.{name}"
+        if not SLUG.fullmatch(str(name)) or not isinstance(entry, dict):
+            raise refuse(where, "a service is a lowercase name with a table")
+        if set(entry) - {*FIXED, *OPTIONAL, "image", "ports", "labels"}:
+            raise refuse(where, f"keys {sorted(set(entry) - {*FIXED, *OPTIONAL, 'image', 'ports', 'labels'})} are not the toolkit's")
+        if any(entry.get(k) != v for k, v in FIXED.items()):
+            raise refuse(where, "its hardening (user, read_only, tmpfs, cap_drop, security_opt, restart, logging) is not the toolkit's")
+        if not isinstance(entry.get("image"), str) or not image.fullmatch(entry["image"]):
+            raise refuse(f"{where}.image", f"an image is {registry}/{org}/NAME@sha256:DIGEST")
+        ports = entry.get("ports")
+        if not isinstance(ports, list) or not all(isinstance(p, str) and (m := PORT.fullmatch(p)) and m[1] == m[2] for p in ports):
+            raise refuse(f"{where}.ports", "ports are ADDRESS:PORT:PORT")
+        labels = entry.get("labels")
+        if not isinstance(labels, dict) or set(labels) != {RELEASE_LABEL, SERVICE_LABEL} or not all(isinstance(v, str) and IMAGE_TAG_RE.fullmatch(v)
+                                                                                                  for v in labels.values()):  # fmt: skip
+            raise refuse(f"{where}.labels", "labels are the release and the service name")
+        if "mem_limit" in entry and not (isinstance(entry["mem_limit"], str) and re.fullmatch(r"[0-9]{2,8}m", entry["mem_limit"])):
+            raise refuse(f"{where}.mem_limit", "a limit is MBm")
+        mounts = entry.get("volumes", [])
+        if not isinstance(mounts, list) or not all(isinstance(v, str) and VOLUME_RE.fullmatch(v) and v.split(":", 1)[1].startswith(VOLUME_ROOT)
+                                                   and v.split(":", 1)[0] in volumes for v in mounts):  # fmt: skip
+            raise refuse(f"{where}.volumes", f"volumes are named ones of the stack, mounted below {VOLUME_ROOT}")
+        used = entry.get("secrets", [])
+        if not isinstance(used, list) or not all(isinstance(v, str) and v in secrets for v in used):
+            raise refuse(f"{where}.secrets", "secrets are the stack's own")
+        after = entry.get("depends_on", {})
+        if not isinstance(after, dict) or not all(k in services and v == {"condition": "service_healthy"} for k, v in after.items()):
+            raise refuse(f"{where}.depends_on", "a service depends on others of the stack being healthy")
+        if "deploy" in entry and not _gpu(entry["deploy"]):
+            raise refuse(f"{where}.deploy", "only a GPU reservation belongs there")
+    if not all(SECRET_RE.fullmatch(str(k)) and v == {"file": f"./{SECRETS_DIR}/{k}"} for k, v in secrets.items()):
+        raise refuse("secrets", f"a secret is read from ./{SECRETS_DIR}/NAME")
+    if not all(NAME_RE.fullmatch(str(k)) and v == {} for k, v in volumes.items()):
+        raise refuse("volumes", "volumes are named, with no options")
+    return data
+
+
+def _gpu(value: object) -> bool:
+    try:
+        (device,) = value["resources"]["reservations"]["devices"]  # type: ignore[index]
+    except (TypeError, KeyError, ValueError):
+        return False
+    ids = device.get("device_ids") if isinstance(device, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) and i.isdigit() for i in ids):
+        return False
+    return value == {"resources": {"reservations": {"devices": [{"driver": "nvidia", "device_ids": ids, "capabilities": ["gpu"]}]}}}

@@ -3,13 +3,15 @@
 A publish that moved tags renders each machine's stack with the org's digests after it (every
 service of the machine must have a published image; a machine that lacks one gets no stack, and
 the run says which) and stores them as one OCI artifact, ``ORG/releases:<release>.stacks``: one
-layer per machine, titled ``MACHINE/compose.yaml``. ``compose`` and ``deploy`` read them back from
-there, so a stack is always the one its release was published with, whatever the fleet files say
-today.
+JSON layer per machine, titled ``MACHINE/compose.json``. ``compose`` and ``deploy`` read them back
+from there, so a stack is always the one its release was published with, whatever the fleet files
+say today, and accept only what the toolkit writes (:func:`buildtool.deploy.compose.check`): images
+by digest in the run's registry and org, every service hardened. They write it as YAML.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,9 +27,9 @@ from buildtool.model.types import Fleet
 from buildtool.publish import record
 
 STACKS_TYPE = "application/vnd.fleet.stacks.v1"
-LAYER_TYPE = "application/vnd.fleet.compose.v1+yaml"
+LAYER_TYPE = "application/vnd.fleet.compose.v1+json"
 TITLE = "org.opencontainers.image.title"
-FILE_RE = re.compile(rf"({NAME_RE.pattern})/compose\.yaml")
+FILE_RE = re.compile(rf"({NAME_RE.pattern})/compose\.json")
 MAX_STACK = 1 << 20  # one machine's compose file: about 1 KB per service
 
 
@@ -41,16 +43,16 @@ def stacks_tag(release: str) -> str:
     return release + SUFFIX
 
 
-def render_all(fleet: Fleet, *, registry: str, org: str, digests: Mapping[str, str], release: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Each machine's compose file; and the machines that get none, with why."""
-    files: dict[str, str] = {}
+def render_all(fleet: Fleet, *, registry: str, org: str, digests: Mapping[str, str], release: str) -> tuple[dict[str, dict], dict[str, str]]:
+    """Each machine's stack; and the machines that get none, with why."""
+    files: dict[str, dict] = {}
     skipped: dict[str, str] = {}
     for machine in fleet.machines:
         if not compose.on_machine_names(fleet, machine):
             skipped[machine] = "no service runs there"
             continue
         try:
-            files[machine] = compose.render(fleet, machine, registry=registry, org=org, digests=digests, release=release)
+            files[machine] = compose.stack(fleet, machine, registry=registry, org=org, digests=digests, release=release)
         except ReleaseError as exc:
             skipped[machine] = str(exc)
     return files, skipped
@@ -68,10 +70,10 @@ def store(registry: Registry, fleet: Fleet, *, address: str, org: str, release: 
     name, tag = repo_path(org, RELEASES_REPOSITORY), stacks_tag(release)
     registry.push_blob(name, EMPTY_CONFIG)
     layers = []
-    for machine, text in sorted(files.items()):
-        data = text.encode()
+    for machine, stack in sorted(files.items()):
+        data = json.dumps(stack, indent=1).encode()
         layers.append({"mediaType": LAYER_TYPE, "digest": registry.push_blob(name, data), "size": len(data),
-                       "annotations": {TITLE: f"{machine}/compose.yaml"}})  # fmt: skip
+                       "annotations": {TITLE: f"{machine}/compose.json"}})  # fmt: skip
     registry.put_manifest(name, tag, artifact_manifest(STACKS_TYPE, *layers))
     return [*notes, f"compose stacks of {', '.join(sorted(files))} stored as {name}:{tag}"]
 
@@ -85,8 +87,9 @@ def current_release(registry: Registry, org: str) -> str:
     return state.release
 
 
-def fetch(registry: Registry, org: str, release: str) -> dict[str, str]:
-    """``release``'s stacks by machine, read from the registry and checked."""
+def fetch(registry: Registry, org: str, release: str, *, address: str) -> dict[str, str]:
+    """``release``'s stacks by machine as compose files, read from the registry and checked: only
+    what the toolkit writes, with images in ``address``/``org``."""
     tag = stacks_tag(release)
     name = repo_path(org, RELEASES_REPOSITORY)
     manifest = registry.manifest(name, tag)
@@ -104,14 +107,16 @@ def fetch(registry: Registry, org: str, release: str) -> dict[str, str]:
     for title, digest, size in entries:
         match = FILE_RE.fullmatch(title) if isinstance(title, str) else None
         if match is None or not isinstance(size, int) or size > MAX_STACK:
-            raise ReleaseError(f"{name}:{tag} holds an entry {str(title)[:80]!r} that is not MACHINE/compose.yaml of at most 1 MB")
+            raise ReleaseError(f"{name}:{tag} holds an entry {str(title)[:80]!r} that is not MACHINE/compose.json of at most 1 MB")
         blob = registry.blob(name, digest)
         if blob is None:
             raise ReleaseError(f"{name}@{digest} ({title}) is missing from the registry")
+        machine = match.group(1)
         try:
-            stacks[match.group(1)] = blob.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ReleaseError(f"{title} of {release} is not UTF-8") from exc
+            data = json.loads(blob)
+        except ValueError as exc:
+            raise ReleaseError(f"{title} of {release} is not JSON") from exc
+        stacks[machine] = compose.as_yaml(compose.check(data, registry=address, org=org, machine=machine), machine, release)
     return stacks
 
 

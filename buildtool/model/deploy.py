@@ -1,7 +1,8 @@
 """What running the fleet needs of its files: startup layers, memory, GPU memory and volumes.
 
 fleet.toml's ``[layers.NAME]`` tables declare the startup order (``after = [...]``: the layers that
-must be healthy first); each service names its ``layer``. A machine's compose stack starts a
+must be healthy first); each service names its ``layer`` (one that names none starts with the
+first, and nothing waits for it: a warning). A machine's compose stack starts a
 service once every service of the nearest earlier layers *on that machine* is healthy (a layer
 with no service there is passed through). Checked across the fleet: no cycle, the declared GPU
 memory of each machine within its card (unless the machine file says why it may not be), the
@@ -104,8 +105,8 @@ def check_deployment(c: Collector, fleet: Fleet, *, layers_known: bool = True) -
     """Layers named, GPU memory and memory within each machine, one volume per mount point
     (``layers_known`` False: fleet.toml could not be read, the layers are not judged)."""
     for svc in fleet.services.values():
-        if layers_known and fleet.layers and not svc.layer:
-            c.add(svc.file, "layer", f"fleet.toml declares startup layers; name this service's: {', '.join(sorted(fleet.layers))}")
+        if layers_known and fleet.layers and not svc.layer:  # it starts at once, and nothing waits for it
+            c.warn(svc.file, "layer", f"no startup layer: its compose service starts with the first; name one of {', '.join(sorted(fleet.layers))}")
         elif layers_known and svc.layer and svc.layer not in fleet.layers:
             c.add(svc.file, "layer", f"unknown layer {svc.layer!r}; {did_you_mean(svc.layer, fleet.layers)} (fleet.toml [layers])")
         if svc.family not in fleet.families:

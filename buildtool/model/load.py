@@ -335,7 +335,7 @@ def load_fleet(root: Path, *, today: dt.date | None = None) -> Fleet:
     check_deployment(c, fleet, layers_known=defaults is not None)  # an unreadable fleet.toml: no follow-ups
     c.raise_if_any()
     eol = _past_end_of_life(fleet, today or dt.datetime.now(dt.UTC).date())
-    return dataclasses.replace(fleet, warnings=tuple(sorted([*fleet.warnings, *eol], key=lambda p: (p.file, p.key, p.message))))
+    return dataclasses.replace(fleet, warnings=tuple(sorted([*c.warnings, *eol], key=lambda p: (p.file, p.key, p.message))))  # the checks' too
 
 
 def _past_end_of_life(fleet: Fleet, today: dt.date) -> list[Problem]:
