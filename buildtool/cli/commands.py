@@ -241,6 +241,8 @@ def publish(args: argparse.Namespace) -> int:
             show_sizes(exc.run.sizes)
         raise
     console.print(f"published {run.tag}: {len(run.moves)} tag(s) written")
+    for note in run.notes:  # the compose stacks stored beside the release, or why not
+        console.print(f"note: {note}", markup=False, highlight=False)
     show_sizes(run.sizes)
     return 0
 
