@@ -204,3 +204,11 @@ def test_a_service_without_a_layer_starts_with_the_first_and_validate_warns(flee
     assert deploy.depends_on(fleet, fleet.services["AsyncProcessor"], "pc2") == []
     assert "async-processor" not in compose.stack(fleet, "pc2", registry=ADDRESS, org="fleet", digests=digests(fleet, "pc2"), release=RELEASE)[
         "services"]["unified-web-agent"]["depends_on"]
+
+
+def test_a_gpu_reservation_takes_only_device_indexes_or_uuids(fleet_dir: Path) -> None:
+    machine = fleet_dir / "machines" / "pc2.toml"
+    machine.write_text(machine.read_text().replace('CUDA_VISIBLE_DEVICES = "0"', 'CUDA_VISIBLE_DEVICES = "0,all"'))
+    fleet = load_fleet(fleet_dir)
+    with pytest.raises(ReleaseError, match="CUDA_VISIBLE_DEVICES is not GPU indexes"):
+        compose.stack(fleet, "pc2", registry=ADDRESS, org="fleet", digests=digests(fleet, "pc2"), release=RELEASE)

@@ -30,6 +30,7 @@ SECRETS_DIR = "secrets"  # beside the compose file: deploy/MACHINE/secrets/NAME
 RELEASE_LABEL = "fleet.release"
 SERVICE_LABEL = "fleet.service"
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+DEVICE_RE = re.compile(r"[0-9]{1,2}|GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # what the NVIDIA runtime takes
 
 
 def machine_plan(fleet: Fleet, machine: str) -> Plan:
@@ -86,8 +87,10 @@ def stack(fleet: Fleet, machine: str, *, registry: str, org: str, digests: Mappi
             entry["secrets"] = list(svc.secrets)
             secrets.update({name: {"file": f"./{SECRETS_DIR}/{name}"} for name in svc.secrets})
         if fleet.families[svc.family].gpu and mach.has_gpu:
-            device = dict(mach.profile).get("CUDA_VISIBLE_DEVICES", "0")
-            entry["deploy"] = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "device_ids": device.split(","), "capabilities": ["gpu"]}]}}}
+            devices = dict(mach.profile).get("CUDA_VISIBLE_DEVICES", "0").split(",")
+            if not all(DEVICE_RE.fullmatch(d) for d in devices):
+                raise ReleaseError(f"{mach.file}: profile.CUDA_VISIBLE_DEVICES is not GPU indexes or GPU-UUIDs, so no GPU can be reserved for {svc.name}")
+            entry["deploy"] = {"resources": {"reservations": {"devices": [{"driver": "nvidia", "device_ids": devices, "capabilities": ["gpu"]}]}}}
         if after := deploy.depends_on(fleet, svc, machine):
             entry["depends_on"] = {service_name(fleet.services[n]): {"condition": "service_healthy"} for n in after}
         services[service_name(svc)] = entry
@@ -209,6 +212,6 @@ def _gpu(value: object) -> bool:
     except (TypeError, KeyError, ValueError):
         return False
     ids = device.get("device_ids") if isinstance(device, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(i, str) and i.isdigit() for i in ids):
+    if not isinstance(ids, list) or not all(isinstance(i, str) and DEVICE_RE.fullmatch(i) for i in ids):
         return False
     return value == {"resources": {"reservations": {"devices": [{"driver": "nvidia", "device_ids": ids, "capabilities": ["gpu"]}]}}}
