@@ -106,11 +106,12 @@ def test_a_failed_up_names_the_service_and_brings_back_what_ran(monkeypatch, tmp
     assert not fake.ran("down")
 
 
-def test_a_failed_first_deploy_removes_its_containers_and_never_volumes(monkeypatch, tmp_path: Path) -> None:
-    fake = Host({"up": (1, "container cache-manager exited (137)"), "ps": ps({"Service": "cache-manager", "ID": "0123456789ab", "State": "exited",
+@pytest.mark.parametrize("state", ["exited", "restarting"])
+def test_a_failed_first_deploy_removes_its_containers_and_never_volumes(monkeypatch, tmp_path: Path, state: str) -> None:
+    fake = Host({"up": (1, "container cache-manager exited (137)"), "ps": ps({"Service": "cache-manager", "ID": "0123456789ab", "State": state,
                                                                              "Health": "", "ExitCode": 137})})  # fmt: skip
     monkeypatch.setattr(rollout.host, "run", fake)
-    with pytest.raises(DeployError, match="cache-manager: exited, exit code 137"):
+    with pytest.raises(DeployError, match=f"cache-manager: {state}, exit code 137"):
         rollout.deploy(tmp_path / "deploy", STACK, "20261204-aaaaaaa", services=[], overrides=[], timeout=90)
     downs = fake.ran("down")
     assert len(downs) == 1 and "-v" not in downs[0] and "--volumes" not in downs[0]

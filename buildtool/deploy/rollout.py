@@ -128,7 +128,8 @@ def failing(compose: Compose, services: Sequence[str]) -> list[str]:
             out.append(f"{name}: not started")
         elif row.get("State") != "running":
             state = row.get("State")
-            why = {"exited": f", exit code {row.get('ExitCode')}", "created": " (not started: what it depends on did not become healthy)"}.get(str(state), "")
+            exit_code = f", exit code {row.get('ExitCode')}"  # restarting: the code of its last exit (137: out of memory or killed)
+            why = {"exited": exit_code, "restarting": exit_code, "created": " (not started: what it depends on did not become healthy)"}.get(str(state), "")
             out.append(f"{name}: {state}{why}")
         elif row.get("Health") != "healthy":
             log = _health_log(str(row.get("ID", "")))
