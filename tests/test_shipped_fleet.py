@@ -61,3 +61,10 @@ def test_rendered_dockerfiles_pass_hadolint(fleet, tmp_path: Path, real_subproce
         paths.append(str(path))
     proc = subprocess.run([hadolint, "--failure-threshold", "info", *paths], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_gpu_image_asks_the_nvidia_runtime_for_its_cuda_and_driver(fleet) -> None:
+    """The NVIDIA container runtime refuses a host driver too old for the image (blueprint R1)."""
+    for family in (f for f in fleet.families.values() if f.gpu):
+        env = {k: v for f in fleet.lineage(family.name) for k, v in f.env}
+        assert env.get("NVIDIA_REQUIRE_CUDA") == f"cuda>={family.cuda},driver>=535", family.name

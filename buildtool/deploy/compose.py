@@ -59,7 +59,8 @@ def stack(fleet: Fleet, machine: str, *, registry: str, org: str, digests: Mappi
     steps = {s.name: s for s in plan.steps if s.kind == "service"}
     missing = sorted(s.repository for s in steps.values() if s.repository not in digests)
     if missing:
-        raise ReleaseError(f"release {release} has no image of {', '.join(missing)}; publish the services of {machine} before composing its stack")
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ReleaseError(f"release {release} has no image of {shown}; publish the services of {machine} before composing its stack")
     mach = fleet.machines[machine]
     services: dict[str, object] = {}
     volumes: dict[str, object] = {}
