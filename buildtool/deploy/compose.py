@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from buildtool.core.errors import ReleaseError
 from buildtool.core.refs import ImageRef
 from buildtool.model import deploy
+from buildtool.model.allowlist import DIGEST_RE
 from buildtool.model.deploy import VOLUME_ROOT
 from buildtool.model.schema import ADDRESS_RE, IMAGE_TAG_RE, NAME_RE, SECRET_RE, VOLUME_RE
 from buildtool.model.types import Fleet, Service
@@ -29,7 +30,6 @@ LOGGING = {"driver": "json-file", "options": {"max-size": "10m", "max-file": "3"
 SECRETS_DIR = "secrets"  # beside the compose file: deploy/MACHINE/secrets/NAME
 RELEASE_LABEL = "fleet.release"
 SERVICE_LABEL = "fleet.service"
-DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 DEVICE_RE = re.compile(r"[0-9]{1,2}|GPU-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")  # what the NVIDIA runtime takes
 
 

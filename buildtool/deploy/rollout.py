@@ -58,6 +58,11 @@ class Compose:
         proc = host.run(argv, check=False, timeout=timeout)
         return proc.returncode, (proc.stdout + proc.stderr).strip()
 
+    def up(self, services: Sequence[str], timeout: float) -> tuple[int, str]:
+        """Start (or keep) the stack's services in their order and wait until all are healthy;
+        services no longer in the stack go."""
+        return self.run("up", "--detach", "--wait", "--wait-timeout", str(int(timeout)), "--remove-orphans", *services, timeout=timeout + 120)
+
     def containers(self) -> dict[str, dict]:
         """The stack's containers by service (``ps --all``), as compose reports them."""
         code, out = self.run("ps", "--all", "--format", "json", timeout=60)
@@ -157,7 +162,7 @@ def deploy(folder: Path, stack: str, release: str, *, services: Sequence[str], o
         raise DeployError(f"pulling the images of {release} failed; nothing was started or stopped:\n{out[-2000:]}")
     say(f"pulled in {outcome.seconds['pull']:.1f}s; starting the layers in order")
     start = time.monotonic()
-    code, out = compose.run("up", "--detach", "--wait", "--wait-timeout", str(int(timeout)), "--remove-orphans", *services, timeout=timeout + 120)
+    code, out = compose.up(services, timeout)
     outcome.seconds["up"] = time.monotonic() - start
     rows = compose.containers()
     names = list(services) or sorted(rows)
@@ -181,8 +186,7 @@ def _restore(folder: Path, overrides: Sequence[Path], services: Sequence[str], t
     if not deployed.is_file():
         code, out = Compose(folder, folder / "compose.yaml", overrides).run("down", "--remove-orphans", timeout=600)  # containers only, never volumes
         return "no stack ran here before: its containers were removed" if code == 0 else f"removing its containers failed too:\n{out[-1500:]}"
-    code, out = Compose(folder, deployed, overrides).run("up", "--detach", "--wait", "--wait-timeout", str(int(timeout)), "--remove-orphans",
-                                                         *services, timeout=timeout + 120)  # fmt: skip
+    code, out = Compose(folder, deployed, overrides).up(services, timeout)
     if code != 0:
         return f"bringing back the stack that ran before ({deployed}) failed too:\n{out[-1500:]}"
     return f"every service runs the stack that ran before again ({deployed})"

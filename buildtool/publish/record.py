@@ -101,11 +101,10 @@ def write_release(registry: Registry, org: str, tag: str, images: Mapping[str, s
         _write(registry, org, tag, {"kind": "release", "tag": tag, "images": dict(sorted(merged.items()))})
 
 
-def write_state(registry: Registry, org: str, before: State | None, latest: Mapping[str, str], prev: Mapping[str, str], release: str) -> State:
+def write_state(registry: Registry, org: str, before: State | None, latest: Mapping[str, str], prev: Mapping[str, str], release: str) -> None:
     """Record the org's state: ``before`` with the repositories whose tags this run moved, set by ``release``."""
     old = before or State()
     new = State({**old.latest, **latest}, {**old.prev, **prev}, release)
     if new != old:
         _write(registry, org, STATE, {"kind": "state", "latest": dict(sorted(new.latest.items())), "prev": dict(sorted(new.prev.items())),
                                       "release": release})  # fmt: skip
-    return new

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 from pathlib import Path
 
 from buildtool import pipeline, settings
 from buildtool.adapters.files import adopt, owned_dir
+from buildtool.adapters.registry import OCI_MANIFEST, Manifest, Registry, digest_of
 from buildtool.core.errors import ToolError
 from buildtool.model.load import load_fleet
 from buildtool.plan.plan import make_plan
@@ -50,3 +52,13 @@ def run_build(run_settings: settings.Settings, *services: str, tag: str, locked:
         print(exc.message)
         return exc.exit_code
     return 0
+
+
+def small_manifest(registry: Registry, repo: str, content: bytes) -> Manifest:
+    """A small image manifest (an empty config, one layer of ``content``), its blobs pushed to ``repo``."""
+    config = registry.push_blob(repo, b"{}")
+    layer = registry.push_blob(repo, content)
+    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
+                       "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
+                       "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": len(content)}]}).encode()  # fmt: skip
+    return Manifest(digest=digest_of(body), media_type=OCI_MANIFEST, body=body)

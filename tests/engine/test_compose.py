@@ -13,25 +13,14 @@ from ruamel.yaml import YAML
 
 from buildtool import pipeline
 from buildtool.adapters import setup
-from buildtool.adapters.registry import OCI_MANIFEST, Manifest, Registry, digest_of
 from buildtool.cli.main import main
 from buildtool.deploy import compose
 from buildtool.model.load import load_fleet
 from buildtool.publish.release import publish
 from tests.conftest import REPO
-from tests.engine.helpers import settings_for, state_dir
+from tests.engine.helpers import settings_for, small_manifest, state_dir
 
 pytestmark = pytest.mark.engine
-
-
-def stand_in(registry: Registry, repo: str) -> Manifest:
-    """A small manifest standing in for a service's image: the stack names images by digest only."""
-    content = repo.encode()
-    config, layer = registry.push_blob(repo, b"{}"), registry.push_blob(repo, content)
-    body = json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": 2},
-                       "layers": [{"mediaType": "application/octet-stream", "digest": layer, "size": len(content)}]}).encode()  # fmt: skip
-    return Manifest(digest=digest_of(body), media_type=OCI_MANIFEST, body=body)
 
 
 def test_a_publish_stores_both_stacks_and_compose_accepts_what_compose_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +32,7 @@ def test_a_publish_stores_both_stacks_and_compose_accepts_what_compose_writes(tm
     repos = sorted({s.repository for m in fleet.machines for s in compose.machine_plan(fleet, m).steps if s.kind == "service"})
     digests = {}
     for repo in repos:
-        m = stand_in(registry, f"{org}/{repo}")
+        m = small_manifest(registry, f"{org}/{repo}", repo.encode())  # stands in for the service's image: a stack names it by digest only
         registry.put_manifest(f"{org}/{repo}", "id-1", m)
         digests[repo] = m.digest
     tag = "20261204-0123456"

@@ -8,7 +8,7 @@ from buildtool.adapters.registry import Registry
 from buildtool.adapters.setup import collect_garbage
 from buildtool.publish.prune import prune_cache, prune_repository
 from buildtool.publish.release import publish
-from tests.engine.test_registry_auth import manifest
+from tests.engine.helpers import small_manifest
 from tests.token_registry import plain_registry
 
 pytestmark = pytest.mark.engine
@@ -23,13 +23,13 @@ def test_prune_keeps_latest_prev_and_their_blobs_and_frees_the_rest(tmp_path) ->
         registry = Registry(address)
         images = []
         for i, sha in enumerate(("aaaaaaa", "bbbbbbb", "ccccccc", "ddddddd"), 1):
-            m = manifest(registry, "fleet/app", f"layer {i} ".encode() * 50_000)
+            m = small_manifest(registry, "fleet/app", f"layer {i} ".encode() * 50_000)
             registry.put_manifest("fleet/app", f"id-{i}", m)
             publish(registry, "fleet", {"app": f"id-{i}"}, f"2026110{i}-{sha}")
             images.append(m)
         registry.attach("fleet/app", images[0], artifact_type="application/vnd.cyclonedx+json", data=b'{"components": []}')
-        registry.put_manifest("fleet/cache", "app", manifest(registry, "fleet/cache", b"cache of app"))
-        registry.put_manifest("fleet/cache", "gone", manifest(registry, "fleet/cache", b"cache of a retired image"))
+        registry.put_manifest("fleet/cache", "app", small_manifest(registry, "fleet/cache", b"cache of app"))
+        registry.put_manifest("fleet/cache", "gone", small_manifest(registry, "fleet/cache", b"cache of a retired image"))
         before = size(tmp_path / "data")
 
         kept = prune_repository(registry, "fleet/app", releases=1, pinned=[], current_ids=["id-2"], dry_run=False)
