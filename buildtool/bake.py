@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildtool.adapters import host
+from buildtool.adapters.engine import IDENTITY_LABEL
 from buildtool.adapters.files import atomic_write, owned_dir, write_context
 from buildtool.core.errors import CommandError, EngineError, ToolError
 from buildtool.locking import aptsource
@@ -111,6 +112,7 @@ def bake_file(plan: Plan, settings: Settings, contexts: Path) -> dict[str, objec
             "dockerfile": "Dockerfile",
             "args": args,
             "tags": [str(settings.ref(step.repository, step.id_tag))],
+            "labels": {IDENTITY_LABEL: step.identity},  # as the toolkit's own builds: prune and the bench know them by it
             "secret": settings.secrets(),
             "entitlements": ["network.host"],
             "cache-from": [f"type=registry,ref={settings.cache_ref(step.repository)}"],

@@ -40,10 +40,11 @@ from pathlib import Path
 from buildtool import bake, pipeline, refresh
 from buildtool.adapters import host
 from buildtool.adapters.bootstrap import bootstrap_rootfs
-from buildtool.adapters.engine import Docker
+from buildtool.adapters.engine import IDENTITY_LABEL, Docker
 from buildtool.adapters.files import atomic_write, copy_fleet, owned_dir, write_context
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core.errors import BuildError
+from buildtool.execute import space
 from buildtool.execute.executor import Progress
 from buildtool.execute.roots import rootfs
 from buildtool.locking import lock as locking
@@ -150,6 +151,8 @@ class Bench:
 
     def __init__(self, settings: Settings, *, quick: bool, progress: Progress) -> None:
         pipeline.prepare_state(settings)
+        pipeline.bring_up(settings)
+        space.ensure_space(settings, Docker())  # both sides build from cold: room first, before the fleet copy
         self.state = settings.state_dir / "bench"
         self.root = self.state / "fleet"
         _copy_fleet(settings.root, self.root)
@@ -343,7 +346,7 @@ def naive_sizes(settings: Settings, fleet: Fleet, engine: Engine, registry: Regi
         root = plan.step(step.builder or "")
         builder = registry.digest(settings.ref(root.builder_repository).path, root.id_tag)
         built = engine.build(context=context, tag=str(settings.ref(f"naive-{step.repository}", "bench")), secrets=settings.secrets(), cache_ref=None,
-                             build_args={"BUILDER_IMAGE": str(settings.ref(root.builder_repository, digest=builder or ""))}, labels={},
+                             build_args={"BUILDER_IMAGE": str(settings.ref(root.builder_repository, digest=builder or ""))}, labels={IDENTITY_LABEL: "naive"},
                              log=settings.state_dir / "naive" / f"{step.repository}.log")  # fmt: skip
         ours = sum(registry.layer_sizes(settings.ref(step.repository).path, step.id_tag))
         rows.append(Row(measurement=f"{step.repository} size", toolkit=ours / MB, baseline="naive single stage", baseline_value=built.compressed / MB,
@@ -357,6 +360,22 @@ def run_bench(settings: Settings, *, quick: bool = False, cuda: bool = True, say
     bench = Bench(settings, quick=quick, progress=_Quiet())
     report = Report(mode="quick" if quick else "full", images=len(bench.plan().steps), bake=bench.bake)
     say(f"bake: {bench.bake.buildx}; BuildKit {bench.bake.buildkit}")
+    try:
+        _rows(bench, report, quick=quick, cuda=cuda, say=say)
+    finally:  # the bench's orgs are its own: their local images go (the registry's stay, for its report's digests)
+        Docker().remove_images(bench.settings.registry, only_org=bench.settings.org)
+    report.notes += [
+        *bench.notes,
+        "toolkit rows build, verify (smoke checks, health) and push; bake rows build and load; the gate is off on both sides",
+        f"bake file and logs: {bench.state / 'bake'}; the bench fleet and its state: {bench.state}",
+    ]
+    reports = settings.state_dir / "reports"
+    atomic_write(reports / "bench.json", json.dumps(report.as_json(), indent=2) + "\n")
+    atomic_write(reports / "bench.md", report.markdown())
+    return report
+
+
+def _rows(bench: Bench, report: Report, *, quick: bool, cuda: bool, say: Callable[[str], None]) -> None:
     for what, row in (
         ("cold build of the CPU family chain, both sides", bench.cold_chain),
         (f"first build of {report.images} images on both sides, then the no-op", lambda: bench.noop(runs=1 if quick else 3)),
@@ -369,12 +388,3 @@ def run_bench(settings: Settings, *, quick: bool = False, cuda: bool = True, say
         say(what)
         made = row()
         report.rows += made if isinstance(made, (list, tuple)) else [made]
-    report.notes += [
-        *bench.notes,
-        "toolkit rows build, verify (smoke checks, health) and push; bake rows build and load; the gate is off on both sides",
-        f"bake file and logs: {bench.state / 'bake'}; the bench fleet and its state: {bench.state}",
-    ]
-    reports = settings.state_dir / "reports"
-    atomic_write(reports / "bench.json", json.dumps(report.as_json(), indent=2) + "\n")
-    atomic_write(reports / "bench.md", report.markdown())
-    return report

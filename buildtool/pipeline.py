@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from buildtool.adapters.registry import is_loopback
 from buildtool.core import stopping
 from buildtool.core.errors import BuildError, LockError
 from buildtool.deploy import stacks
+from buildtool.execute import space
 from buildtool.execute.executor import Bootstrapper, Executor, Progress, Result
 from buildtool.execute.gate import judge
 from buildtool.execute.lookup import to_build
@@ -154,29 +154,6 @@ def forward_locks(settings: Settings, fleet: Fleet, plan: Plan, registry: Regist
     return fleet, plan, moves
 
 
-class EngineOnDemand:
-    """The engine, brought up (and its client library imported) when a step first needs it: a
-    run where every image is already in the registry starts no engine and imports neither."""
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._engine: Engine | None = None
-        self._lock = threading.Lock()
-
-    def remove_containers(self, image: str = "") -> int:
-        """Containers of a stopped run: none when the engine was never needed."""
-        return self._engine.remove_containers(image) if self._engine is not None else 0
-
-    def __getattr__(self, name: str) -> object:
-        with self._lock:
-            if self._engine is None:
-                from buildtool.adapters.engine import Docker
-
-                setup.ensure_engine(state_dir=self._settings.state_dir)
-                self._engine = Docker()
-        return getattr(self._engine, name)
-
-
 def build(settings: Settings, fleet: Fleet, plan: Plan, **kwargs: object) -> Run:
     """Build, verify, scan and push the plan's images by identity; then (``publish_tags``) move the
     release tags when every one succeeded, and measure them.
@@ -219,7 +196,7 @@ def _build(
         registry = bring_up(settings, engine=False)
     fleet, plan, forwarded = forward_locks(settings, fleet, plan, registry, locked=locked, progress=progress, resolver=resolver or apt)
     if engine is None:
-        engine = EngineOnDemand(settings)  # type: ignore[assignment]
+        engine = space.EngineOnDemand(settings)  # type: ignore[assignment]
     if bootstrap is None:
         from buildtool.adapters.bootstrap import bootstrap_rootfs as bootstrap
     security, notes = security_prepare(settings, fleet, plan, scanner=scanner) if settings.scan else (None, [])
@@ -237,6 +214,8 @@ def _build(
         security=security,
     )
     results = executor.run()
+    if isinstance(engine, space.EngineOnDemand) and engine.refused is not None:
+        raise engine.refused  # no engine, or no room for one: every step that needed it failed for that one reason
     verdicts = [r.verdict for r in results if r.verdict]
     if security:
         images = [(s.repository, s.lineage) for s in plan.steps]
@@ -384,13 +363,7 @@ def prune(settings: Settings, fleet: Fleet, *, registry: Registry | None = None,
     if local and not dry_run:
         from buildtool.adapters.engine import Docker
 
-        docker = Docker()
-        if setup.engine_is_ours():
-            lines.append(f"build cache: {docker.prune_build_cache(settings.build_cache_keep) or 'nothing to free'} (kept up to {settings.build_cache_keep})")
-        else:
-            lines.append("build cache: left alone; this engine was not started by the toolkit, so its cache holds others' builds (`docker buildx prune`)")
-        removed = docker.remove_images(settings.registry, settings.org)
-        lines.append(f"local images the toolkit built for other orgs: {len(removed)} removed")
+        lines += space.reclaim_local(settings, Docker(), keep=settings.build_cache_keep)
         for folder in ("contexts", "scan"):
             if (settings.state_dir / folder).exists():
                 remove(settings.state_dir / folder)

@@ -16,6 +16,7 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from buildtool import pipeline
@@ -107,9 +108,12 @@ def run_twice(
     *,
     progress: Progress,
     registry: Registry | None = None,
+    remove_local: Callable[..., object] | None = None,
     **build: object,
 ) -> list[Comparison]:
-    """Build ``plan`` twice from nothing (see the module doc) and compare every image and builder root."""
+    """Build ``plan`` twice from nothing (see the module doc) and compare every image and builder
+    root. Both runs' images then go from the registry and, through ``remove_local`` (by default,
+    with the run's own registry, the engine's ``remove_images``), from this host."""
     pipeline.prepare_state(settings)
     commit = revision(settings.root)  # one source for both builds, even while the tree is edited
     runs: list[tuple[str, dict[str, Result]]] = []
@@ -120,6 +124,10 @@ def run_twice(
         done = pipeline.build(run_settings, fleet, plan, progress=progress, registry=registry, publish_tags=False, commit=commit, **build)
         runs.append((org, {r.key: r for r in done.results}))
     client = registry or pipeline.bring_up(settings, engine=False)
+    if remove_local is None and registry is None:
+        from buildtool.adapters.engine import Docker
+
+        remove_local = Docker().remove_images
     (org_one, one), (org_two, two) = runs
     out = []
     for step in plan.steps:
@@ -137,6 +145,6 @@ def run_twice(
             client.delete(repo_path(org, step.repository), result.digest)
             if result.builder:
                 client.delete(repo_path(org, step.builder_repository), result.builder)
+        if remove_local is not None:
+            remove_local(settings.registry, only_org=org)
     return out
-
-

@@ -19,6 +19,9 @@ FLEET_VULN_POLICY          auto (default), enforce or warn (flag ``--vuln-policy
 FLEET_TRIVY_DB             a prepared Trivy database folder (trivy.db + metadata.json)
 FLEET_TRIVY_DB_REPOSITORY  where to download Trivy's database from (refreshed daily)
 FLEET_STEP_TIME_LIMIT      seconds every build, check or push step may take (default: time_limit_minutes)
+FLEET_MIN_FREE_GB          GB free each disk a build writes to needs before it starts (default 10;
+                           0 turns the check off): short of it, the toolkit frees its own leftovers,
+                           then refuses (exit code 17)
 FLEET_CACHE_MODE           what a build exports to the registry cache: min (the image's own layers;
                            default) or max (every stage's too: for runners that start with no cache)
 GITHUB_API_URL             GitHub's REST API (default https://api.github.com): prune deletes there on ghcr.io
@@ -75,6 +78,7 @@ class Settings:
     trivy_db_repository: str  # a database repository to download from ("" = none)
     keep_releases: int = 5  # release tags `prune` keeps per image
     build_cache_keep: str = "20gb"  # BuildKit cache `prune` leaves
+    min_free_gb: int = 0  # GB each disk a build writes to must have free when it starts (0: not checked)
     scan: bool = True  # the supply-chain gate runs (tests of other things may switch it off)
     cache: bool = True  # False: every image from scratch, no BuildKit or registry cache (``repro``)
     cache_mode: str = "min"  # registry cache export: "min" (the image's layers) or "max" (every stage's)
@@ -130,6 +134,9 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
     limit = env.get("FLEET_STEP_TIME_LIMIT", "")
     if limit and not re.fullmatch(r"[1-9][0-9]{0,5}", limit):
         problems.append(Problem(file="environment", key="FLEET_STEP_TIME_LIMIT", message=f"{limit!r} is not a number of seconds (1-999999); fix or unset it"))
+    min_free = env.get("FLEET_MIN_FREE_GB", "")
+    if min_free and not re.fullmatch(r"[0-9]{1,5}", min_free):
+        problems.append(Problem(file="environment", key="FLEET_MIN_FREE_GB", message=f"{min_free!r} is not a number of GB (0-99999); fix or unset it"))
     for var in ("FLEET_REGISTRY_TOKEN", "FLEET_REGISTRY_USER", PIP_INDEX_VAR):
         if CONTROL.search(env.get(var, "")):
             problems.append(Problem(file="environment", key=var, message=f"holds a line break or control character (value not shown); fix or unset {var}"))
@@ -162,6 +169,7 @@ def from_sources(fleet: Fleet, env: Mapping[str, str], **flags: object) -> Setti
         today=dt.datetime.now(dt.UTC).date(),
         keep_releases=int(flags.get("keep_releases") or d["keep_releases"]),  # type: ignore[call-overload]
         build_cache_keep=str(d["build_cache_keep"]),
+        min_free_gb=int(min_free or d["min_free_gb"]),  # type: ignore[call-overload]
         cache_mode=cache_mode,
         github_api_url=env.get("GITHUB_API_URL") or "https://api.github.com",
         ci_ref=ci_ref,

@@ -133,6 +133,9 @@ class FakeEngine:
         self.events: list[tuple[str, str]] = []  # ("build" | "push" | "check", ref), in the order they happened
         self.fail_checks: set[str] = set()  # repositories whose smoke checks fail
 
+    def ready(self) -> None:
+        pass
+
     def build(
         self,
         *,

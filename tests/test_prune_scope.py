@@ -86,3 +86,25 @@ def test_local_prune_leaves_a_foreign_engines_build_cache(fleet_dir: Path, tmp_p
     lines = pipeline.prune(s, fleet, registry=FakeRegistry(), local=True)
     assert calls == (["prune_build_cache", "remove_images"] if ours else ["remove_images"])
     assert any(("build cache: freed" if ours else "build cache: left alone") in line for line in lines)
+
+
+def test_a_throwaway_run_removes_only_its_own_orgs_images() -> None:
+    ours = {engine.IDENTITY_LABEL: "a" * 64}
+    images = [
+        image(["127.0.0.1:5000/bench-17/base-python:id-1"], ours),  # the bench's org: removed
+        image(["127.0.0.1:5000/bench-17-cold/base-python:id-1"], ours),  # its cold org, named after it: removed
+        image(["127.0.0.1:5000/bench-170/base-python:id-1"], ours),  # another bench's: kept
+        image(["127.0.0.1:5000/fleet/base-python:id-1"], ours),  # the fleet's: kept
+        image(["127.0.0.1:5000/bench-17/webapp:latest"], None),  # not the toolkit's: kept
+    ]
+    docker = docker_with(images)
+    assert docker.remove_images("127.0.0.1:5000", only_org="bench-17") == [
+        "127.0.0.1:5000/bench-17/base-python:id-1",
+        "127.0.0.1:5000/bench-17-cold/base-python:id-1",
+    ]
+
+
+def test_a_branch_org_below_the_runs_org_is_kept() -> None:
+    ours = {engine.IDENTITY_LABEL: "a" * 64}
+    docker = docker_with([image(["ghcr.io/acme/branch-0123456789ab/base-python:id-1"], ours), image(["ghcr.io/acmes/base-python:id-1"], ours)])
+    assert docker.remove_images("ghcr.io", "acme") == ["ghcr.io/acmes/base-python:id-1"]

@@ -81,6 +81,7 @@ def test_bake_builds_each_root_s_builder_root_and_children_name_it(tmp_path: Pat
     web = targets["web"]
     assert web["args"]["BUILDER_IMAGE"] == "builder-base-builder" and web["contexts"]["builder-base-builder"] == "target:base-builder"
     assert targets["api-big"]["contexts"] == {"parent-web": "target:web", "builder-base-builder": "target:base-builder"}
+    assert web["labels"] == {"fleet.identity": plan.step("family:web").identity}  # bake's images are the toolkit's, as its own builds are
 
 
 def test_a_root_tarball_with_a_file_newer_than_the_epoch_is_found(tmp_path: Path) -> None:

@@ -236,6 +236,10 @@ class Docker:
             raise _failed_text(f"build of {tag}", text, f" (log: {log})", answers=self.answers)
         return built
 
+    def ready(self) -> None:
+        """Nothing more to do once constructed: a run's engine comes up, with room on its disks, through
+        :class:`buildtool.execute.space.EngineOnDemand`, whose first use this is."""
+
     def answers(self) -> bool:
         """Whether the engine still answers (asked after a failure: a stopped engine fails every call)."""
         try:
@@ -262,19 +266,29 @@ class Docker:
         return out
 
     def prune_build_cache(self, keep: str) -> str:
-        """Drop BuildKit cache beyond ``keep`` (e.g. "20gb"); what buildx says it freed."""
-        out = host.run(["docker", "buildx", "prune", "--force", "--keep-storage", keep], timeout=1800).stdout
+        """Drop BuildKit cache beyond ``keep`` (e.g. "20gb"; "": all that no build holds); what buildx says it freed."""
+        out = host.run(["docker", "buildx", "prune", "--force", *(["--keep-storage", keep] if keep else [])], timeout=1800).stdout
         return (out.strip().splitlines() or [""])[-1]
 
-    def remove_images(self, prefix: str, keep_org: str) -> list[str]:
+    def root_dir(self) -> Path:
+        """The engine's data root, where its images and build cache live."""
+        out = host.run(["docker", "info", "--format", "{{.DockerRootDir}}"], timeout=30).stdout.strip()
+        return Path(out) if out.startswith("/") else DOCKER_ROOT
+
+    def remove_images(self, prefix: str, keep_org: str = "", *, only_org: str = "") -> list[str]:
         """Remove local images the toolkit built (they carry its ``fleet.identity`` label) under
-        ``prefix`` (a registry's address) whose org is not ``keep_org``: never another project's."""
+        ``prefix`` (a registry's address) whose org is not ``keep_org`` or below it (or, with
+        ``only_org``, is that org or one named after it, ``ORG-...``): never another project's."""
         removed = []
         for image in self.client.image.list():
             if IDENTITY_LABEL not in (image.config.labels or {}):
                 continue
             for tag in image.repo_tags:
-                if tag.startswith(prefix + "/") and not tag.startswith(f"{prefix}/{keep_org}/"):
+                if not tag.startswith(prefix + "/"):
+                    continue
+                org = tag[len(prefix) + 1 :].rpartition("/")[0]
+                mine = (org == only_org or org.startswith(only_org + "-")) if only_org else (org != keep_org and not org.startswith(keep_org + "/"))
+                if mine:
                     self.client.image.remove(tag, force=True)
                     removed.append(tag)
         return removed

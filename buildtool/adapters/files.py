@@ -168,12 +168,32 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
+def existing(path: Path) -> Path:
+    """``path``, or its nearest parent that exists: the folder whose disk a write to it would use."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or would hold it)."""
+    return shutil.disk_usage(existing(path)).free
+
+
 def disk_full(folder: Path, needed: int = 0) -> str:
     """What to tell the user when the disk of ``folder`` is full."""
-    free = shutil.disk_usage(folder).free if folder.exists() else 0
+    free = free_bytes(folder)
     need = f", {needed / 2**20:.1f} MB needed" if needed else ""
     return (f"the disk holding {folder} is full ({free / 2**20:.1f} MB free{need}); free space (`nox -s prune` removes build cache, "
             "other orgs' local images and old registry tags) and run again")  # fmt: skip
+
+
+def full_disk(exc: BaseException) -> str:
+    """What to tell the user when ``exc`` is a write that found its disk full or over quota; else ""."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return disk_full(Path(exc.filename or "."))
+    return ""
 
 
 def inside_repo(repo: Path, rel: str) -> Path:

@@ -31,6 +31,8 @@ class Built:
 
 
 class Engine(Protocol):
+    def ready(self) -> None: ...  # before a build writes anything: the engine up, with room on its disks
+
     def build(
         self,
         *,

@@ -13,11 +13,11 @@ import signal
 import sys
 from typing import NoReturn
 
-from buildtool.adapters import host
+from buildtool.adapters import files, host
 from buildtool.cli import commands, deploying
 from buildtool.cli.console import error
 from buildtool.core import stopping
-from buildtool.core.errors import ConfigError, Interrupted, ToolError, UsageError
+from buildtool.core.errors import ConfigError, DiskFull, Interrupted, ToolError, UsageError
 from buildtool.locking.resolver import ENGINES
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -188,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if debug:
             raise
+        if said := files.full_disk(exc):  # a write of the toolkit's own, outside a build step
+            error(said)
+            return DiskFull.exit_code
         error(f"internal error: {type(exc).__name__}: {exc}\nThis is a bug in buildtool; rerun with --debug for the traceback.")
         return 70
     finally:

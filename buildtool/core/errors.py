@@ -160,3 +160,10 @@ class DeployError(ToolError):
     """A deploy did not reach every service healthy (what ran before runs again), or its preflight failed."""
 
     exit_code = 16
+
+
+class DiskFull(ToolError):
+    """A disk the run writes to (the engine's data root, the state dir, the local registry's
+    storage) is short of free space, after the toolkit freed what it made and no longer needs."""
+
+    exit_code = 17

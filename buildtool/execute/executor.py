@@ -13,7 +13,6 @@ step of the run succeeded.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import queue
 import signal
@@ -22,10 +21,9 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from buildtool.adapters import host
-from buildtool.adapters.files import disk_full
+from buildtool.adapters.files import full_disk
 from buildtool.adapters.protocols import Engine, Registry
 from buildtool.core import stopping
 from buildtool.core.errors import BuildError, Interrupted, ToolError
@@ -277,8 +275,8 @@ class Executor:
         except Exception as exc:
             log.debug("step %s failed", step.key, exc_info=True)
             message = f"{type(exc).__name__}: {exc}"
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:  # the toolkit's own write (a log, a context, a scan)
-                message = f"{step.repository}: {disk_full(Path(exc.filename) if exc.filename else self.settings.state_dir)}"
+            if full := full_disk(exc):  # the toolkit's own write (a log, a context, a scan)
+                message = f"{step.repository}: {full}"
             result = Result(**done, status="failed", message=message)  # type: ignore[arg-type]
         if result.status == "failed" and (why := self._parent_failed(step, clock)):
             result = dataclasses.replace(result, status="blocked", message=why)

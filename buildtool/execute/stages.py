@@ -110,6 +110,7 @@ class Stages:
     def build(self, work: Work) -> dict[str, float]:
         """Build the image (a root: its builder root and runtime root at once) and load it."""
         step, s = work.step, self.settings
+        self.engine.ready()  # the engine up, with room on its disks, before a root is bootstrapped or a context written
         context = self._context(step)
         args = {"SOURCE_DATE_EPOCH": str(s.source_date_epoch)}
         if step.parent:
