@@ -363,7 +363,8 @@ def prune(settings: Settings, fleet: Fleet, *, registry: Registry | None = None,
     if local and not dry_run:
         from buildtool.adapters.engine import Docker
 
-        lines += space.reclaim_local(settings, Docker(), keep=settings.build_cache_keep)
+        current = {str(settings.ref(repo, s.id_tag)) for s in plan.steps for repo in (s.repository, s.builder_repository) if repo}
+        lines += space.reclaim_local(settings, Docker(), keep=settings.build_cache_keep, current=current)
         for folder in ("contexts", "scan"):
             if (settings.state_dir / folder).exists():
                 remove(settings.state_dir / folder)

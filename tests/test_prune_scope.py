@@ -76,7 +76,7 @@ def test_local_prune_leaves_a_foreign_engines_build_cache(fleet_dir: Path, tmp_p
             calls.append("prune_build_cache")
             return "freed"
 
-        def remove_images(self, prefix: str, keep_org: str) -> list[str]:
+        def remove_images(self, prefix: str, keep_org: str, current=None) -> list[str]:
             calls.append("remove_images")
             return []
 
@@ -108,3 +108,17 @@ def test_a_branch_org_below_the_runs_org_is_kept() -> None:
     ours = {engine.IDENTITY_LABEL: "a" * 64}
     docker = docker_with([image(["ghcr.io/acme/branch-0123456789ab/base-python:id-1"], ours), image(["ghcr.io/acmes/base-python:id-1"], ours)])
     assert docker.remove_images("ghcr.io", "acme") == ["ghcr.io/acmes/base-python:id-1"]
+
+
+def test_prune_removes_earlier_identities_of_its_own_org_only() -> None:
+    ours = {engine.IDENTITY_LABEL: "a" * 64}
+    images = [
+        image(["127.0.0.1:5000/fleet/family-torch-cu121:id-new"], ours),  # the plan's: kept
+        image(["127.0.0.1:5000/fleet/family-torch-cu121:id-old"], ours),  # an earlier identity: removed
+        image(["127.0.0.1:5000/fleet/family-torch-cu121:latest"], ours),  # pulled by a user: not an identity tag, kept
+        image(["127.0.0.1:5000/fleet/family-torch-cu121:id-mine"], None),  # not the toolkit's: kept
+    ]
+    docker = docker_with(images)
+    assert docker.remove_images("127.0.0.1:5000", "fleet", current={"127.0.0.1:5000/fleet/family-torch-cu121:id-new"}) == [
+        "127.0.0.1:5000/fleet/family-torch-cu121:id-old"
+    ]

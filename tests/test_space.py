@@ -53,7 +53,7 @@ class Engine:
         self.disk.free += int(self.frees[what] * GB)
         return f"Total: {self.frees[what]}GB"
 
-    def remove_images(self, prefix: str, keep_org: str) -> list[str]:
+    def remove_images(self, prefix: str, keep_org: str, current=None) -> list[str]:
         self.calls.append(f"remove images of orgs but {keep_org}")
         self.disk.free += int(self.frees["images"] * GB)
         return ["127.0.0.1:5000/other/base-python:id-1"] if self.frees["images"] else []

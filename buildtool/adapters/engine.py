@@ -14,7 +14,7 @@ import json
 import os
 import tarfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -275,10 +275,12 @@ class Docker:
         out = host.run(["docker", "info", "--format", "{{.DockerRootDir}}"], timeout=30).stdout.strip()
         return Path(out) if out.startswith("/") else DOCKER_ROOT
 
-    def remove_images(self, prefix: str, keep_org: str = "", *, only_org: str = "") -> list[str]:
+    def remove_images(self, prefix: str, keep_org: str = "", *, only_org: str = "", current: Collection[str] | None = None) -> list[str]:
         """Remove local images the toolkit built (they carry its ``fleet.identity`` label) under
         ``prefix`` (a registry's address) whose org is not ``keep_org`` or below it (or, with
-        ``only_org``, is that org or one named after it, ``ORG-...``): never another project's."""
+        ``only_org``, is that org or one named after it, ``ORG-...``); with ``current`` (image
+        references), ``keep_org``'s own identity tags that are none of them go too: earlier
+        identities, which the registry keeps as long as a release needs them. Never another project's."""
         removed = []
         for image in self.client.image.list():
             if IDENTITY_LABEL not in (image.config.labels or {}):
@@ -287,7 +289,11 @@ class Docker:
                 if not tag.startswith(prefix + "/"):
                     continue
                 org = tag[len(prefix) + 1 :].rpartition("/")[0]
-                mine = (org == only_org or org.startswith(only_org + "-")) if only_org else (org != keep_org and not org.startswith(keep_org + "/"))
+                if only_org:
+                    mine = org == only_org or org.startswith(only_org + "-")
+                else:
+                    earlier = current is not None and org == keep_org and ":id-" in tag and tag not in current
+                    mine = (org != keep_org and not org.startswith(keep_org + "/")) or earlier
                 if mine:
                     self.client.image.remove(tag, force=True)
                     removed.append(tag)

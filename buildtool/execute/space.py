@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +32,7 @@ class Reclaimer(Protocol):
 
     def root_dir(self) -> Path: ...
     def prune_build_cache(self, keep: str) -> str: ...
-    def remove_images(self, prefix: str, keep_org: str) -> list[str]: ...
+    def remove_images(self, prefix: str, keep_org: str = "", *, current: Collection[str] | None = None) -> list[str]: ...
 
 
 def device(path: Path) -> int:
@@ -51,16 +51,19 @@ def shortages(paths: Iterable[Path], floor: int) -> list[tuple[Path, int]]:
     return short
 
 
-def reclaim_local(settings: Settings, docker: Reclaimer, *, keep: str) -> list[str]:
+def reclaim_local(settings: Settings, docker: Reclaimer, *, keep: str, current: Collection[str] | None = None) -> list[str]:
     """Free what the toolkit made on this host and no longer needs: build cache beyond ``keep``
-    when the toolkit started the engine, and its labelled local images of other orgs (the
-    registry holds what they are for). Returns what was done, a line each."""
+    when the toolkit started the engine, its labelled local images of other orgs and, given the
+    ``current`` image references, earlier identities of its own org's (the registry holds what
+    they are for). Returns what was done, a line each."""
     if setup.engine_is_ours():
         lines = [f"build cache: {docker.prune_build_cache(keep) or 'nothing to free'} (kept up to {keep})"]
     else:
         lines = ["build cache: left alone; this engine was not started by the toolkit, so its cache holds others' builds (`docker buildx prune`)"]
-    removed = docker.remove_images(settings.registry, settings.org)
-    lines.append(f"local images the toolkit built for other orgs: {len(removed)} removed")
+    removed = docker.remove_images(settings.registry, settings.org, current=current)
+    own = sum(tag.startswith(f"{settings.registry}/{settings.org}/") for tag in removed)
+    earlier = f"; earlier identities of {settings.org}'s: {own}" if own else ""
+    lines.append(f"local images the toolkit built for other orgs: {len(removed) - own} removed{earlier}")
     return lines
 
 
