@@ -51,8 +51,9 @@ from buildtool.model.load import load_fleet
 from buildtool.model.oslocks import os_lock_path
 from buildtool.model.types import Fleet
 from buildtool.plan.plan import Plan, make_plan, replan
+from buildtool.publish import record
 from buildtool.publish.release import Move, Revision, labels, publish, release_tag, revision
-from buildtool.report import sizes, tables, timeline
+from buildtool.report import history, sizes, tables, timeline
 from buildtool.settings import Settings
 
 log = logging.getLogger("buildtool.pipeline")
@@ -69,6 +70,7 @@ class Run:
     notes: list[str] = field(default_factory=list)  # the gate's: database, stale or expiring allowlist entries
     forwarded: list[oslock.Move] = field(default_factory=list)  # OS lock versions moved because the archive replaced them
     critical: str = ""  # the chain of images that set the run's length, with their times
+    diff: str = ""  # what changed since the release this one replaced, as Markdown (a publish that moved tags)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -235,17 +237,39 @@ def _build(
         raise BuildError(f"{len(failed)} of {len(results)} images did not build or pass their checks; no tag was moved:\n{details}")
     if not publish_tags:
         return Run(tag=tag, seconds=seconds, results=results, notes=notes, forwarded=forwarded, critical=critical)
-    with stopping.deferred():  # a stop signal waits: every tag of the release moves, or none
-        moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
-        notes += store_stacks(settings, fleet, registry, moves, tag)
+    moves, stored, previous = publish_release(settings, fleet, registry, plan, tag)
+    notes += stored
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
+    recorded, changed = store_record(settings, plan, results, registry, moves, tag, previous)
     tables.write(measured, settings.state_dir, critical)
-    return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes, forwarded=forwarded, critical=critical)
+    return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes + recorded, forwarded=forwarded, critical=critical,
+               diff=changed)  # fmt: skip
+
+
+def publish_release(settings: Settings, fleet: Fleet, registry: Registry, plan: Plan, tag: str) -> tuple[list[Move], list[str], str]:
+    """Move the release's tags (a stop signal waits: every tag moves, or none) and store its compose
+    stacks beside it. Returns the moves, notes, and the release that was current before."""
+    with stopping.deferred():
+        before = record.state(registry, settings.org)
+        moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
+        notes = store_stacks(settings, fleet, registry, moves, tag)
+    return moves, notes, before.release if before else ""
 
 
 def store_stacks(settings: Settings, fleet: Fleet, registry: Registry, moves: list[Move], tag: str) -> list[str]:
     """After a publish that moved tags: the release's compose stacks, beside it in the registry."""
     return stacks.store(registry, fleet, address=settings.registry, org=settings.org, release=tag) if moves else []
+
+
+def store_record(settings: Settings, plan: Plan, results: list[Result], registry: Registry, moves: list[Move], tag: str,
+                 previous: str) -> tuple[list[str], str]:  # fmt: skip
+    """After a publish that moved tags, once its images are measured: the release record that
+    ``report --diff`` reads (:mod:`buildtool.report.history`); notes, and what changed since
+    ``previous`` as Markdown."""
+    if not moves:
+        return [], ""
+    images = history.collect(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir, sboms=settings.scan)
+    return history.record_release(registry, settings.org, tag, previous, images, settings.state_dir / "reports")
 
 
 @one_at_a_time
@@ -280,13 +304,13 @@ def release(
     failed = [r for r in results if r.verdict is not None and r.verdict.failed]
     moves: list[Move] = []
     notes: list[str] = []
+    previous = ""
     if not (report_only or missing or failed):
-        with stopping.deferred():
-            moves = publish(registry, settings.org, {s.repository: s.id_tag for s in plan.steps}, tag)
-            notes = store_stacks(settings, fleet, registry, moves, tag)
+        moves, notes, previous = publish_release(settings, fleet, registry, plan, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
+    recorded, changed = store_record(settings, plan, results, registry, moves, tag, previous)
     tables.write(measured, settings.state_dir)
-    run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured, notes=notes)
+    run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured, notes=notes + recorded, diff=changed)
     lines = "".join(f"\n  - {r.repository}: {r.message}" for r in missing + failed)
     if report_only:
         raise BuildError(f"a job of this run failed: what it pushed is reported, and no tag was moved{lines}", run=run)

@@ -193,6 +193,7 @@ def build(args: argparse.Namespace) -> int:
     else:
         console.print(f"published {run.tag}: {len(run.moves)} tag(s) written")
         show_sizes(run.sizes)
+        step_summary(run.diff)
     for note in run.notes:
         console.print(f"[yellow]note:[/] {note}", highlight=False)
     if run.forwarded:
@@ -244,6 +245,7 @@ def publish(args: argparse.Namespace) -> int:
     for note in run.notes:  # the compose stacks stored beside the release, or why not
         console.print(f"note: {note}", markup=False, highlight=False)
     show_sizes(run.sizes)
+    step_summary(run.diff)
     return 0
 
 
@@ -295,23 +297,6 @@ def bench(args: argparse.Namespace) -> int:
     for note in report.notes:
         console.print(f"note: {note}", highlight=False)
     console.print(f"results: {run_settings.state_dir / 'reports' / 'bench.json'} and bench.md")
-    return 0
-
-
-def report(args: argparse.Namespace) -> int:
-    from buildtool.report import sizes, tables
-
-    state = settings_of(args, fleet_of(args)).state_dir
-    try:
-        measured = sizes.load(state)
-    except FileNotFoundError:
-        raise UsageError(f"no size report yet in {state / 'reports'}; run `nox -s build_families` first") from None
-    if args.format == "json":
-        print((state / "reports" / "sizes.json").read_text())
-    elif args.format == "markdown":
-        print(tables.markdown(measured))
-    else:
-        show_sizes(measured)
     return 0
 
 

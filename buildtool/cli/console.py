@@ -60,6 +60,6 @@ def warning(message: str, *, file: str | None = None) -> None:
 def step_summary(markdown: str) -> None:
     """Append to the GitHub Actions job summary when running there."""
     path = os.environ.get("GITHUB_STEP_SUMMARY")
-    if path:
+    if path and markdown:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(markdown + "\n")

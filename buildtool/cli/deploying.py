@@ -78,3 +78,26 @@ def deploy(args: argparse.Namespace) -> int:
     console.print(f"deployed {release} on {machine}: pull {outcome.seconds['pull']:.1f}s, up until all healthy {outcome.seconds['up']:.1f}s; "
                   f"{len(outcome.started)} started or recreated, {len(outcome.kept)} unchanged", highlight=False)  # fmt: skip
     return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """The ``compose`` and ``deploy`` commands."""
+    p = sub.add_parser("compose", help="write a release's compose stacks, as its publish stored them, to deploy/MACHINE/compose.yaml")
+    p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--org", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--release", help="the release (default: FORCE_IMAGE_TAG, else the one the org's state was published by)")
+    p.add_argument("--machine", action="append", default=[], help="only this machine (repeatable)")
+    p.add_argument("--out", help="write below this folder instead of ROOT/deploy")
+    p.set_defaults(func=compose)
+
+    p = sub.add_parser("deploy", help="deploy a release's stack on one machine: pull by digest, start in layers, wait healthy; on failure, what ran before")
+    p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--org", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    p.add_argument("--machine", required=True, help="the machine this runs on (mainpc, pc2)")
+    p.add_argument("--release", help="the release (default: FORCE_IMAGE_TAG, else the one the org's state was published by)")
+    p.add_argument("--rollback", action="store_true", help="deploy the stack the last deploy replaced (deploy/MACHINE/previous.yaml)")
+    p.add_argument("--service", action="append", default=[], help="only this service and what it depends on (repeatable)")
+    p.add_argument("--override", action="append", default=[], help="another compose file over the stack (repeatable)")
+    p.add_argument("--dir", help="the machine's deploy folder (default: ROOT/deploy/MACHINE)")
+    p.add_argument("--timeout", type=int, help="seconds until every service is healthy (default: 60 per startup layer, plus 60)")
+    p.set_defaults(func=deploy)

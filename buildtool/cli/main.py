@@ -14,7 +14,7 @@ import sys
 from typing import NoReturn
 
 from buildtool.adapters import files, host
-from buildtool.cli import commands, deploying
+from buildtool.cli import commands, deploying, reporting
 from buildtool.cli.console import error
 from buildtool.core import stopping
 from buildtool.core.errors import ConfigError, DiskFull, Interrupted, ToolError, UsageError
@@ -98,29 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--without-cuda", action="store_true", help="leave out the cold CUDA chain row of a full run (about an hour on 2 cores)")
     p.set_defaults(func=commands.bench)
 
-    p = sub.add_parser("report", help="print the last size report")
-    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    p.set_defaults(func=commands.report)
+    reporting.add_parser(sub)
 
-    p = sub.add_parser("compose", help="write a release's compose stacks, as its publish stored them, to deploy/MACHINE/compose.yaml")
-    p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--org", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--release", help="the release (default: FORCE_IMAGE_TAG, else the one the org's state was published by)")
-    p.add_argument("--machine", action="append", default=[], help="only this machine (repeatable)")
-    p.add_argument("--out", help="write below this folder instead of ROOT/deploy")
-    p.set_defaults(func=deploying.compose)
-
-    p = sub.add_parser("deploy", help="deploy a release's stack on one machine: pull by digest, start in layers, wait healthy; on failure, what ran before")
-    p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--org", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    p.add_argument("--machine", required=True, help="the machine this runs on (mainpc, pc2)")
-    p.add_argument("--release", help="the release (default: FORCE_IMAGE_TAG, else the one the org's state was published by)")
-    p.add_argument("--rollback", action="store_true", help="deploy the stack the last deploy replaced (deploy/MACHINE/previous.yaml)")
-    p.add_argument("--service", action="append", default=[], help="only this service and what it depends on (repeatable)")
-    p.add_argument("--override", action="append", default=[], help="another compose file over the stack (repeatable)")
-    p.add_argument("--dir", help="the machine's deploy folder (default: ROOT/deploy/MACHINE)")
-    p.add_argument("--timeout", type=int, help="seconds until every service is healthy (default: 60 per startup layer, plus 60)")
-    p.set_defaults(func=deploying.deploy)
+    deploying.add_parsers(sub)
 
     p = sub.add_parser("rollback", help="point 'latest' back at 'prev' (or at FORCE_IMAGE_TAG)")
     _selection(p)

@@ -161,7 +161,7 @@ def measure(plan: Plan, results: dict[str, object], registry: Registry, org: str
     return [m for m in found if m is not None]
 
 
-def _facts(registry: Registry, repo: str, ref: str, gpu: bool, state_dir: Path) -> dict | None:
+def facts(registry: Registry, repo: str, ref: str, gpu: bool, state_dir: Path) -> dict | None:
     """What an image's manifest alone decides (its layers, their contents): worked out once per
     image digest and kept under the state dir, so a run that built nothing reads no blob."""
     manifest = registry.image_manifest(repo, ref)
@@ -204,23 +204,23 @@ def _prev_sizes(registry: Registry, repo: str, digest: str | None, gpu: bool, st
 
 def _measure(step, results: dict[str, object], registry: Registry, org: str, state_dir: Path, prev_digest: str | None = None) -> ImageSize | None:
     repo = repo_path(org, step.repository)
-    facts = _facts(registry, repo, step.id_tag, step.gpu, state_dir)
-    if not facts or not facts["layers"]:
+    found = facts(registry, repo, step.id_tag, step.gpu, state_dir)
+    if not found or not found["layers"]:
         return None  # not in the registry (failed or never built)
-    layers = [Layer(**layer) for layer in facts["layers"]]
+    layers = [Layer(**layer) for layer in found["layers"]]
     prev = _prev_sizes(registry, repo, prev_digest, step.gpu, state_dir)
     return ImageSize(
         repository=step.repository,
         machine=step.machine or "any",
         status=getattr(results.get(step.key), "status", ""),
         compressed=sum(layer.size for layer in layers),
-        uncompressed=facts["uncompressed"],
+        uncompressed=found["uncompressed"],
         budget_mb=step.budget_mb,
         prev_compressed=sum(prev) if prev else None,
         largest=sorted(layers, key=lambda layer: -layer.size)[:3],
-        cuda_bytes=facts["cuda_bytes"],
-        cuda_duplicates=facts["cuda_duplicates"],
-        packages=[tuple(p) for p in facts["packages"]],
+        cuda_bytes=found["cuda_bytes"],
+        cuda_duplicates=found["cuda_duplicates"],
+        packages=[tuple(p) for p in found["packages"]],
         security=security_summary(results.get(step.key)),
     )
 

@@ -242,3 +242,33 @@ def test_hostile_values_arrive_unchanged_in_the_image(env) -> None:
     assert dict(e.split("=", 1) for e in config.env)["HOSTILE"] == LINE
     assert config.labels["org.opencontainers.image.description"] == f"HostileAgent ({LINE}) for pc2"
     assert config.cmd == ["python", "/app/agent.py", MULTI]
+
+
+def test_release_records_diff_names_the_images_rebuilt_why_the_package_and_the_layers(env) -> None:
+    """The release records of this module's runs, compared as `report --diff` compares them."""
+    import re
+
+    from buildtool.bench import ADDED_REQUIREMENT
+    from buildtool.locking import lock as locking
+    from buildtool.model.load import load_fleet
+    from buildtool.report import history
+
+    registry, org = Registry(ADDRESS), env["org"]
+    release_2 = history.fetch(registry, org, "release-2")
+    assert release_2["previous"] == "release-1"
+    code = history.diff(history.fetch(registry, org, "release-1"), release_2)
+    assert [(c.repository, c.why) for c in code] == [("service-registry-mainpc", ["app code"])]  # one file of its code
+    assert {origin for origin, *_ in code[0].layers} <= {"app"} and not code[0].packages  # only the app layer can move
+
+    fam = env["root"] / "families" / "family-web.toml"
+    fam.write_text(re.sub(r"^requirements = \[", f'requirements = ["{ADDED_REQUIREMENT}", ', fam.read_text(), count=1, flags=re.M))
+    locking.lock(load_fleet(env["root"]), None, ca_bundle=env["settings"].ca_bundle)
+    assert build(env, SERVICE, tag="release-4") == 0
+    changes = {c.repository: c for c in history.diff(release_2, history.fetch(registry, org, "release-4"))}
+    assert sorted(changes) == ["family-web", "service-registry-mainpc"]  # the family's subtree, nothing else
+    assert changes["family-web"].why == ["Python lock"] and changes["service-registry-mainpc"].why == ["parent"]
+    name, version = ADDED_REQUIREMENT.split("==")
+    for change in changes.values():
+        assert change.packages["python"] == [f"+{name} {version}"]  # from the SBOMs the gate attached
+        grown = [(origin, new - old) for origin, _, old, new in change.layers]
+        assert [origin for origin, _ in grown] == ["python"] and grown[0][1] > 0  # family-web's own Python layer, and only it
