@@ -53,7 +53,7 @@ from buildtool.model.types import Fleet
 from buildtool.plan.plan import Plan, make_plan, replan
 from buildtool.publish import record
 from buildtool.publish.release import Move, Revision, labels, publish, release_tag, revision
-from buildtool.report import history, sizes, tables, timeline
+from buildtool.report import history, page, sizes, tables, timeline
 from buildtool.settings import Settings
 
 log = logging.getLogger("buildtool.pipeline")
@@ -240,7 +240,7 @@ def _build(
     moves, stored, previous = publish_release(settings, fleet, registry, plan, tag)
     notes += stored
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
-    recorded, changed = store_record(settings, plan, results, registry, moves, tag, previous)
+    recorded, changed = store_record(settings, fleet, plan, results, registry, moves, tag, previous)
     tables.write(measured, settings.state_dir, critical)
     return Run(tag=tag, seconds=seconds, results=results, moves=moves, sizes=measured, notes=notes + recorded, forwarded=forwarded, critical=critical,
                diff=changed)  # fmt: skip
@@ -261,15 +261,17 @@ def store_stacks(settings: Settings, fleet: Fleet, registry: Registry, moves: li
     return stacks.store(registry, fleet, address=settings.registry, org=settings.org, release=tag) if moves else []
 
 
-def store_record(settings: Settings, plan: Plan, results: list[Result], registry: Registry, moves: list[Move], tag: str,
+def store_record(settings: Settings, fleet: Fleet, plan: Plan, results: list[Result], registry: Registry, moves: list[Move], tag: str,
                  previous: str) -> tuple[list[str], str]:  # fmt: skip
     """After a publish that moved tags, once its images are measured: the release record that
-    ``report --diff`` reads (:mod:`buildtool.report.history`); notes, and what changed since
-    ``previous`` as Markdown."""
+    ``report --diff`` reads (:mod:`buildtool.report.history`), and the release's HTML page
+    (reports/index.html); notes, and what changed since ``previous`` as Markdown."""
     if not moves:
         return [], ""
     images = history.collect(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir, sboms=settings.scan)
-    return history.record_release(registry, settings.org, tag, previous, images, settings.state_dir / "reports")
+    notes, changed = history.record_release(registry, settings.org, tag, previous, images, settings.state_dir / "reports")
+    page.write(registry, settings.org, tag, settings.state_dir / "reports" / "index.html", page.expiries(fleet.allowlist), keep=settings.keep_releases)
+    return notes, changed
 
 
 @one_at_a_time
@@ -308,7 +310,7 @@ def release(
     if not (report_only or missing or failed):
         moves, notes, previous = publish_release(settings, fleet, registry, plan, tag)
     measured = sizes.measure(plan, {r.key: r for r in results}, registry, settings.org, settings.state_dir)
-    recorded, changed = store_record(settings, plan, results, registry, moves, tag, previous)
+    recorded, changed = store_record(settings, fleet, plan, results, registry, moves, tag, previous)
     tables.write(measured, settings.state_dir)
     run = Run(tag=tag, seconds=0.0, results=results, moves=moves, sizes=measured, notes=notes + recorded, diff=changed)
     lines = "".join(f"\n  - {r.repository}: {r.message}" for r in missing + failed)

@@ -18,6 +18,8 @@ from buildtool.publish import record
 def report(args: argparse.Namespace) -> int:
     if args.diff is not None:
         return diff(args)
+    if args.format == "html":
+        return page(args)
     from buildtool.report import sizes, tables
 
     state = settings_of(args, fleet_of(args)).state_dir
@@ -42,6 +44,7 @@ def diff(args: argparse.Namespace) -> int:
     from buildtool.report import history
 
     settings = settings_of(args, fleet_of(args))
+    pipeline.prepare_state(settings)  # diff.md is written there
     registry = pipeline.registry_client(settings)
     if len(args.diff) not in (0, 2):
         raise UsageError("--diff takes two releases, OLD NEW, or none (the current release against the one it replaced)")
@@ -74,9 +77,29 @@ def diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def page(args: argparse.Namespace) -> int:
+    """``--format html``: the current release's page, with the releases before it, to STATE_DIR/reports/index.html."""
+    from buildtool.report import page as html_page
+
+    fleet = fleet_of(args)
+    settings = settings_of(args, fleet)
+    pipeline.prepare_state(settings)  # index.html is written there
+    registry = pipeline.registry_client(settings)
+    state = record.state(registry, settings.org)
+    release = args.release or (state.release if state else "")
+    if not release:
+        raise UsageError(f"{settings.org} has no current release on record (none published yet, or a rollback since); name one: --release TAG")
+    out = settings.state_dir / "reports" / "index.html"
+    releases = html_page.write(registry, settings.org, release, out, html_page.expiries(fleet.allowlist), keep=settings.keep_releases)
+    console.print(f"wrote {out} ({len(releases)} release(s): {releases[0]['release']} … {release})", highlight=False)
+    return 0
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="print the last size report, or (--diff) what changed between two releases")
-    p.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    p.add_argument("--format", choices=("table", "markdown", "json", "html"), default="table",
+                   help="html: the current release's page, charts and all, to STATE_DIR/reports/index.html (readable offline)")  # fmt: skip
+    p.add_argument("--release", help="with --format html: this release's page instead of the current one's")
     p.add_argument("--diff", nargs="*", metavar="RELEASE", help="OLD NEW: images rebuilt and why, layer sizes, packages, advisories "
                    "(no releases: the current one against the one it replaced)")  # fmt: skip
     p.add_argument("--registry", default=argparse.SUPPRESS, help=argparse.SUPPRESS)

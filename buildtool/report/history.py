@@ -87,9 +87,15 @@ def packages(sbom: bytes | None) -> dict[str, dict[str, str]]:
     return out
 
 
-def image_record(step: Step, plan: Plan, *, digest: str, layers: list[dict], verdict: object, sbom: bytes | None, parent_layers: int) -> dict:
-    """One image's entry: what a report needs of it, later, without the image."""
+def image_record(step: Step, plan: Plan, *, digest: str, facts: Mapping, verdict: object, sbom: tuple[str, bytes] | None,
+                 inherited: list[str]) -> dict:  # fmt: skip
+    """One image's entry: what a report needs of it, later, without the image. ``inherited``: the
+    origins of the parent's layers, which this image's first layers are."""
     findings = [*getattr(verdict, "blocking", []), *getattr(verdict, "allowlisted", [])]
+    cuda = _introduces_cuda(plan, step)
+    layers = [{"size": layer["size"], "created_by": layer["created_by"], "own": i >= len(inherited),
+               "origin": inherited[i] if i < len(inherited) else origin(layer["created_by"], introduces_cuda=cuda)}
+              for i, layer in enumerate(facts["layers"])]  # fmt: skip
     return {
         "repository": step.repository,
         "kind": step.kind,
@@ -99,12 +105,15 @@ def image_record(step: Step, plan: Plan, *, digest: str, layers: list[dict], ver
         "identity": step.identity,
         "inputs": inputs(step, plan),
         "budget_mb": step.budget_mb,
-        "layers": [{"size": layer["size"], "created_by": layer["created_by"], "own": i >= parent_layers,
-                    "origin": origin(layer["created_by"], introduces_cuda=i >= parent_layers and _introduces_cuda(plan, step))}
-                   for i, layer in enumerate(layers)],
-        "packages": packages(sbom),
+        "layers": layers,
+        "uncompressed": facts.get("uncompressed"),
+        "cuda_bytes": facts.get("cuda_bytes"),
+        "largest_packages": [list(p) for p in facts.get("packages", [])],
+        "packages": packages(sbom[1] if sbom else None),
+        "sbom": sbom[0] if sbom else "",
         "vulnerabilities": dict(getattr(verdict, "counts", {}) or {}),
         "advisories": sorted({f"{f.id} {f.target}" for f in findings if f.kind == "vulnerability"}),
+        "allowlisted": sorted({f"{f.id} {f.target}" for f in getattr(verdict, "allowlisted", [])}),
     }
 
 
@@ -116,16 +125,17 @@ def _introduces_cuda(plan: Plan, step: Step) -> bool:
 def collect(plan: Plan, results: Mapping[str, object], registry: Registry, org: str, state_dir: Path, *, sboms: bool) -> list[dict]:
     """Every published image's entry, from the facts the size report kept (no blob read again)
     and, with ``sboms``, the SBOM the gate attached (three requests an image)."""
-    images, layer_counts = [], {}
+    images, origins = [], {}
     for step in plan.steps:  # parents first
         digest = getattr(results.get(step.key), "digest", "")
         facts = sizes.facts(registry, repo_path(org, step.repository), step.id_tag, step.gpu, state_dir) if digest else None
         if not facts:
             continue
-        layer_counts[step.key] = len(facts["layers"])
         found = registry_sbom_data(registry, repo_path(org, step.repository), digest) if sboms else None
-        images.append(image_record(step, plan, digest=digest, layers=facts["layers"], verdict=getattr(results[step.key], "verdict", None),
-                                   sbom=found[1] if found else None, parent_layers=layer_counts.get(step.parent or "", 0)))  # fmt: skip
+        entry = image_record(step, plan, digest=digest, facts=facts, verdict=getattr(results[step.key], "verdict", None), sbom=found,
+                             inherited=origins.get(step.parent or "", []))  # fmt: skip
+        origins[step.key] = [layer["origin"] for layer in entry["layers"]]
+        images.append(entry)
     return images
 
 
