@@ -266,9 +266,13 @@ def test_release_records_diff_names_the_images_rebuilt_why_the_package_and_the_l
     assert build(env, SERVICE, tag="release-4") == 0
     changes = {c.repository: c for c in history.diff(release_2, history.fetch(registry, org, "release-4"))}
     assert sorted(changes) == ["family-web", "service-registry-mainpc"]  # the family's subtree, nothing else
-    assert changes["family-web"].why == ["Python lock"] and changes["service-registry-mainpc"].why == ["parent"]
+    assert changes["family-web"].why == ["Python lock"]
+    assert changes["service-registry-mainpc"].why == ["app code", "parent"]  # a new parent, and the code change of the failed release-3
     name, version = ADDED_REQUIREMENT.split("==")
     for change in changes.values():
         assert change.packages["python"] == [f"+{name} {version}"]  # from the SBOMs the gate attached
-        grown = [(origin, new - old) for origin, _, old, new in change.layers]
-        assert [origin for origin, _ in grown] == ["python"] and grown[0][1] > 0  # family-web's own Python layer, and only it
+    for change in changes.values():  # family-web's own Python layer grew, and the service has it too
+        grown = [(origin, new - old) for origin, _, old, new in change.layers if origin != "app"]
+        assert [origin for origin, _ in grown] == ["python"] and grown[0][1] > 0
+    page = (env["state"] / "reports" / "index.html").read_text()  # the publish's page, beside its reports
+    assert "release-4</h1>" in page and "family-web</td><td>rebuilt</td><td>Python lock</td>" in page
