@@ -79,7 +79,7 @@ def test_a_diff_gives_layer_deltas_packages_and_advisories() -> None:
     assert change.packages == {"python": ["+orjson 3.10.0", "-h11 0.14.0", "fastapi 0.110.0 -> 0.115.0"]}
     assert change.fixed == ["CVE-2024-1 h11"] and change.new == ["CVE-2025-9 orjson"]
     text = history.markdown("r1", "r2", [change])
-    assert "| family-web | rebuilt | Python lock | 5.0 → 7.5 (+2.5) |" in text and "layer (python)" in text and "+2.5)" in text
+    assert "| family-web | rebuilt | Python lock | 5.0 → 7.5 (+2.50) |" in text and "layer (python)" in text and "(+2.50)" in text
 
 
 def test_packages_come_from_the_sboms_purls() -> None:
@@ -106,3 +106,13 @@ def test_a_record_that_is_not_the_toolkits_is_refused() -> None:
 def test_report_diff_needs_two_releases_or_none(fleet_dir: Path, capsys) -> None:
     assert main(["--root", str(fleet_dir), "report", "--diff", "20261201-aaaaaaa"]) == UsageError.exit_code
     assert "--diff takes two releases" in capsys.readouterr().err
+
+
+def test_an_image_in_one_release_only_is_not_called_removed() -> None:
+    """A publish releases a selection: an image outside it was not removed from the fleet."""
+    old = {"images": [image("hostile-agent-pc2", "sha256:" + "a" * 64, [], {}, [])]}
+    new = {"images": [image("service-registry-mainpc", "sha256:" + "b" * 64, [], {}, [])]}
+    assert [(c.repository, c.status) for c in history.diff(old, new)] == [
+        ("hostile-agent-pc2", "only in the old one"),
+        ("service-registry-mainpc", "only in the new release"),
+    ]

@@ -186,7 +186,7 @@ def fetch(registry: Registry, org: str, release: str) -> dict:
 @dataclass(frozen=True, kw_only=True)
 class ImageChange:
     repository: str
-    status: str  # rebuilt | added | removed
+    status: str  # rebuilt | only in the new release | only in the old one (a publish releases a selection: not in it is not removed)
     why: list[str] = field(default_factory=list)  # the identity inputs that changed
     layers: list[tuple[str, str, int, int]] = field(default_factory=list)  # (origin, instruction, old bytes, new bytes) of layers that differ
     size: tuple[int, int] = (0, 0)
@@ -203,7 +203,7 @@ def diff(old: Mapping, new: Mapping) -> list[ImageChange]:
     for repo in sorted(before.keys() | after.keys()):
         a, b = before.get(repo), after.get(repo)
         if a is None or b is None:
-            out.append(ImageChange(repository=repo, status="added" if a is None else "removed", size=(_size(a), _size(b))))
+            out.append(ImageChange(repository=repo, status="only in the new release" if a is None else "only in the old one", size=(_size(a), _size(b))))
         elif a["digest"] != b["digest"]:
             why = sorted(k for k in a["inputs"].keys() | b["inputs"].keys() if a["inputs"].get(k) != b["inputs"].get(k))
             fixed, found = sorted(set(a["advisories"]) - set(b["advisories"])), sorted(set(b["advisories"]) - set(a["advisories"]))
@@ -247,10 +247,10 @@ def markdown(old: str, new: str, changes: list[ImageChange]) -> str:
     lines += ["| image | change | why | size (MB) |", "|---|---|---|---|"]
     for c in changes:
         (x, y) = c.size
-        lines.append(f"| {c.repository} | {c.status} | {', '.join(c.why)} | {x / MB:.1f} → {y / MB:.1f} ({(y - x) / MB:+.1f}) |")
+        lines.append(f"| {c.repository} | {c.status} | {', '.join(c.why)} | {x / MB:.1f} → {y / MB:.1f} ({(y - x) / MB:+.2f}) |")
     for c in (c for c in changes if c.layers or c.packages or c.fixed or c.new):
         lines += ["", f"### {c.repository}"]
-        lines += [f"- layer ({o}) `{cmd}`: {x / MB:.1f} → {y / MB:.1f} MB ({(y - x) / MB:+.1f})" for o, cmd, x, y in c.layers]
+        lines += [f"- layer ({o}) `{cmd}`: {x / MB:.1f} → {y / MB:.1f} MB ({(y - x) / MB:+.2f})" for o, cmd, x, y in c.layers]
         lines += [f"- {eco} packages: {', '.join(items)}" for eco, items in c.packages.items()]
         lines += [f"- advisories fixed: {', '.join(c.fixed)}"] if c.fixed else []
         lines += [f"- advisories new: {', '.join(c.new)}"] if c.new else []

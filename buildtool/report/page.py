@@ -63,7 +63,8 @@ def size_figure(images: Sequence[Mapping]) -> object:
                             marker_pattern_shape="" if own else "/", legendgroup=origin)  # fmt: skip
     fig.add_scatter(y=names, x=[image["budget_mb"] for _, image in tree][::-1], mode="markers", name="budget",
                     marker={"symbol": "line-ns-open", "size": 16, "color": "#303133", "line": {"width": 2}})  # fmt: skip
-    fig.update_layout(barmode="stack", height=160 + 22 * len(tree), xaxis_title="compressed MB", margin={"l": 260}, legend_orientation="h")
+    fig.update_layout(barmode="stack", height=160 + 22 * len(tree), xaxis_title="compressed MB", margin={"l": 260},
+                      legend={"orientation": "h", "y": 1.02, "yanchor": "bottom"})
     return fig
 
 
@@ -118,7 +119,7 @@ def diff_section(old: str, new: str, changes: Sequence[history.ImageChange]) -> 
     rows = []
     for c in changes:
         (x, y) = c.size
-        moved = "<br>".join(f"{html.escape(o)} {(b - a) / MB:+.1f} MB" for o, _, a, b in c.layers)
+        moved = "<br>".join(f"{html.escape(o)} {(b - a) / MB:+.2f} MB" for o, _, a, b in c.layers)
         packages = "<br>".join(html.escape(item) for items in c.packages.values() for item in items[:12])
         advisories = "<br>".join([*(f"fixed {html.escape(a)}" for a in c.fixed), *(f"new {html.escape(a)}" for a in c.new)])
         rows.append(f"<tr><td>{html.escape(c.repository)}</td><td>{c.status}</td><td>{html.escape(', '.join(c.why))}</td>"
