@@ -77,7 +77,8 @@ def history_figure(releases: Sequence[Mapping]) -> object:
     for repo in repos:
         points = [(label(r["release"]), sum(x["size"] for x in i["layers"]) / MB) for r in releases for i in r["images"] if i["repository"] == repo]
         fig.add_scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=label(repo))
-    fig.update_layout(height=480, yaxis_title="compressed MB", xaxis_title="release", xaxis_type="category")
+    fig.update_layout(height=480, yaxis_title="compressed MB", xaxis_title="release", xaxis_type="category",
+                      xaxis_categoryorder="array", xaxis_categoryarray=[label(r["release"]) for r in releases])  # oldest first, whoever is in them
     return fig
 
 
