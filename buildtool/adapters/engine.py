@@ -281,6 +281,8 @@ class Docker:
         ``only_org``, is that org or one named after it, ``ORG-...``); with ``current`` (image
         references), ``keep_org``'s own identity tags that are none of them go too: earlier
         identities, which the registry keeps as long as a release needs them. Never another project's."""
+        if not (keep_org or only_org):
+            raise ValueError("remove_images needs the org to keep or the one org to remove")
         removed = []
         for image in self.client.image.list():
             if IDENTITY_LABEL not in (image.config.labels or {}):
