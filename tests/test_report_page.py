@@ -62,15 +62,13 @@ def chromium() -> str:
     return shutil.which("chromium") or "chromium"
 
 
-@pytest.mark.network
-def test_the_page_renders_its_charts_in_headless_chromium(fleet_dir: Path, tmp_path: Path) -> None:
-    _, records = two_releases(fleet_dir, tmp_path)
-    index = tmp_path / "index.html"
-    index.write_text(page.render("fleet", hostile(records), {"CVE-2026-1": "2027-01-31"}))
+def check_in_chromium(index: Path, work: Path, shot: Path) -> str:
+    """Open ``index`` in headless Chromium with a dead proxy (anything the page fetched would fail,
+    and say so on the console): no console message, every chart drawn with a size; a screenshot
+    to ``shot``. Returns the DOM after the scripts ran."""
     browser = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--proxy-server=127.0.0.1:9",
+               "--disable-component-update", "--disable-sync", f"--user-data-dir={work / 'profile'}", "--proxy-server=127.0.0.1:9",
                "--enable-logging=stderr", "--v=0", "--virtual-time-budget=15000", "--window-size=1400,2600"]  # fmt: skip
-    # A dead proxy: anything the page tried to fetch would fail, and say so on the console.
     dom = subprocess.run([*browser, "--dump-dom", index.as_uri()], capture_output=True, text=True, timeout=180, check=True)
     console = [line for line in dom.stderr.splitlines() if "CONSOLE" in line or "Uncaught" in line]
     assert console == [], console
@@ -80,8 +78,21 @@ def test_the_page_renders_its_charts_in_headless_chromium(fleet_dir: Path, tmp_p
         assert svg and int(svg.group(1)) > 300 and int(svg.group(2)) > 200, chart
     assert dom.stdout.count('class="point"') >= 5  # bars drawn
     assert "slice" in dom.stdout[dom.stdout.index('id="packages"') :]  # treemap tiles drawn
-    shots = Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state")) / "reports"
-    shots.mkdir(parents=True, exist_ok=True)
-    shot = shots / "report-page.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([*browser, f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=180, check=True)
     assert shot.stat().st_size > 20_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # kept as the test's artifact
+    return dom.stdout
+
+
+def shots() -> Path:
+    """Where the screenshots are kept: the tests' state dir's reports/."""
+    return Path(os.environ.get("FLEET_TEST_STATE_DIR", REPO / "build" / "test-state")) / "reports"
+
+
+@pytest.mark.network
+def test_the_page_renders_its_charts_in_headless_chromium(fleet_dir: Path, tmp_path: Path) -> None:
+    _, records = two_releases(fleet_dir, tmp_path)
+    index = tmp_path / "index.html"
+    index.write_text(page.render("fleet", hostile(records), {"CVE-2026-1": "2027-01-31"}))
+    dom = check_in_chromium(index, tmp_path, shots() / "report-page.png")
+    assert "only in" not in dom and "3 changed since 20261201-aaaaaaa" in dom

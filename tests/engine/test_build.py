@@ -244,7 +244,7 @@ def test_hostile_values_arrive_unchanged_in_the_image(env) -> None:
     assert config.cmd == ["python", "/app/agent.py", MULTI]
 
 
-def test_release_records_diff_names_the_images_rebuilt_why_the_package_and_the_layers(env) -> None:
+def test_release_records_diff_names_the_images_rebuilt_why_the_package_and_the_layers(env, tmp_path) -> None:
     """The release records of this module's runs, compared as `report --diff` compares them."""
     import re
 
@@ -276,3 +276,6 @@ def test_release_records_diff_names_the_images_rebuilt_why_the_package_and_the_l
         assert [origin for origin, _ in grown] == ["python"] and grown[0][1] > 0
     page = (env["state"] / "reports" / "index.html").read_text()  # the publish's page, beside its reports
     assert "release-4</h1>" in page and "family-web</td><td>rebuilt</td><td>Python lock</td>" in page
+    from tests.test_report_page import check_in_chromium, shots
+
+    check_in_chromium(env["state"] / "reports" / "index.html", tmp_path, shots() / "report-page-release-4.png")  # the page of this run, in a browser
