@@ -116,3 +116,23 @@ def test_an_image_in_one_release_only_is_not_called_removed() -> None:
         ("hostile-agent-pc2", "only in the old one"),
         ("service-registry-mainpc", "only in the new release"),
     ]
+
+
+def test_a_second_selection_under_the_same_release_extends_its_record(fleet_dir: Path, tmp_path: Path) -> None:
+    """`build_families` then `build -- SERVICE` from one commit publish one release tag: its record
+    holds both selections' images and still names the release before it, not itself."""
+    registry = FakeRegistry()
+    release(fleet_dir, tmp_path / "state", registry, "20261201-aaaaaaa")
+    fleet = load_fleet(fleet_dir)
+    settings = dataclasses.replace(settings_for(fleet, tmp_path / "state"), scan=False)
+    for selection in ({"families": ["family-web"]}, {"services": ["ServiceRegistry"]}):
+        family = fleet_dir / "families" / "base-cpu-pydeps.toml"
+        if "families" in selection:
+            family.write_text(family.read_text() + '\n[[smoke]]\nname = "numpy imports"\nrun = ["python", "-c", "import numpy"]\n')
+        fleet = load_fleet(fleet_dir)
+        run = pipeline.build(settings, fleet, make_plan(fleet, **selection), progress=QuietProgress(), engine=FakeEngine(registry), registry=registry,
+                             bootstrap=write_rootfs, resolver=ServedApt(), tag="20261202-bbbbbbb", commit=COMMIT)  # fmt: skip
+    record = history.fetch(registry, "fleet", "20261202-bbbbbbb")
+    assert record["previous"] == "20261201-aaaaaaa"
+    assert sorted(i["repository"] for i in record["images"]) == ["base-cpu-pydeps", "base-python", "base-utils", "family-web", "service-registry-mainpc"]
+    assert "| service-registry-mainpc | rebuilt | checks, parent |" in run.diff

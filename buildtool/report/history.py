@@ -151,7 +151,18 @@ def store(registry: Registry, org: str, release: str, previous: str, images: lis
 
 def record_release(registry: Registry, org: str, release: str, previous: str, images: list[dict], reports: Path) -> tuple[list[str], str]:
     """Store ``release``'s record and compare it with ``previous``'s (written to ``reports/diff.md``):
-    notes, and the diff as Markdown ("" without a previous release on record)."""
+    notes, and the diff as Markdown ("" without a previous release on record). A release tag is
+    the commit's: when another selection was published under it already, its record is extended
+    (this publish's images replace theirs) and keeps the release it replaced."""
+    try:
+        earlier = fetch(registry, org, release)
+    except UsageError:
+        earlier = None
+    if earlier is not None:
+        mine = {i["repository"] for i in images}
+        images = [*(i for i in earlier["images"] if i["repository"] not in mine), *images]
+        previous = str(earlier.get("previous") or "")
+    previous = "" if previous == release else previous
     notes = [store(registry, org, release, previous, images)]
     if not previous:
         return notes, ""
