@@ -8,6 +8,7 @@ import json
 
 from buildtool import pipeline
 from buildtool.adapters.files import atomic_write
+from buildtool.adapters.protocols import Registry
 from buildtool.cli.commands import fleet_of, settings_of, show_sizes
 from buildtool.cli.console import console
 from buildtool.core.errors import UsageError
@@ -36,6 +37,14 @@ def report(args: argparse.Namespace) -> int:
     return 0
 
 
+def current(registry: Registry, org: str, otherwise: str) -> str:
+    """The release the org's state was published by; UsageError (ending with ``otherwise``) without one."""
+    state = record.state(registry, org)
+    if state is None or not state.release:
+        raise UsageError(f"{org} has no current release on record (none published yet, or a rollback since); {otherwise}")
+    return state.release
+
+
 def diff(args: argparse.Namespace) -> int:
     """``--diff [OLD NEW]``: two releases' records compared (default: the current release against
     the one it replaced); the Markdown also goes to STATE_DIR/reports/diff.md."""
@@ -43,22 +52,17 @@ def diff(args: argparse.Namespace) -> int:
 
     from buildtool.report import history
 
+    if len(args.diff) not in (0, 2):
+        raise UsageError("--diff takes two releases, OLD NEW, or none (the current release against the one it replaced)")
     settings = settings_of(args, fleet_of(args))
     pipeline.prepare_state(settings)  # diff.md is written there
     registry = pipeline.registry_client(settings)
-    if len(args.diff) not in (0, 2):
-        raise UsageError("--diff takes two releases, OLD NEW, or none (the current release against the one it replaced)")
-    if args.diff:
-        old, new = args.diff
-    else:
-        state = record.state(registry, settings.org)
-        if state is None or not state.release:
-            raise UsageError(f"{settings.org} has no current release on record (none published yet, or a rollback since); give two: --diff OLD NEW")
-        new = state.release
-        old = history.fetch(registry, settings.org, new).get("previous") or ""
-        if not old:
-            raise UsageError(f"the record of {new} names no release it replaced; give two: --diff OLD NEW")
-    changes = history.diff(history.fetch(registry, settings.org, old), history.fetch(registry, settings.org, new))
+    old, new = args.diff or ("", "")
+    newer = history.fetch(registry, settings.org, new or current(registry, settings.org, "give two: --diff OLD NEW"))
+    new, old = newer["release"], old or str(newer.get("previous") or "")
+    if not old:
+        raise UsageError(f"the record of {new} names no release it replaced; give two: --diff OLD NEW")
+    changes = history.diff(history.fetch(registry, settings.org, old), newer)
     text = history.markdown(old, new, changes)
     atomic_write(settings.state_dir / "reports" / "diff.md", text)
     if args.format != "table":
@@ -85,10 +89,7 @@ def page(args: argparse.Namespace) -> int:
     settings = settings_of(args, fleet)
     pipeline.prepare_state(settings)  # index.html is written there
     registry = pipeline.registry_client(settings)
-    state = record.state(registry, settings.org)
-    release = args.release or (state.release if state else "")
-    if not release:
-        raise UsageError(f"{settings.org} has no current release on record (none published yet, or a rollback since); name one: --release TAG")
+    release = args.release or current(registry, settings.org, "name one: --release TAG")
     out = settings.state_dir / "reports" / "index.html"
     releases = html_page.write(registry, settings.org, release, out, html_page.expiries(fleet.allowlist), keep=settings.keep_releases)
     console.print(f"wrote {out} ({len(releases)} release(s): {releases[0]['release']} … {release})", highlight=False)
