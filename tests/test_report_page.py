@@ -96,3 +96,12 @@ def test_the_page_renders_its_charts_in_headless_chromium(fleet_dir: Path, tmp_p
     index.write_text(page.render("fleet", hostile(records), {"CVE-2026-1": "2027-01-31"}))
     dom = check_in_chromium(index, tmp_path, shots() / "report-page.png")
     assert "only in" not in dom and "3 changed since 20261201-aaaaaaa" in dom
+
+
+def test_a_record_naming_itself_as_previous_ends_the_history(tmp_path: Path) -> None:
+    """Records written before a release could be extended may name their own release as previous."""
+    registry = FakeRegistry()
+    history.store(registry, "fleet", "20261201-aaaaaaa", "20261201-aaaaaaa", [])
+    history.store(registry, "fleet", "20261202-bbbbbbb", "20261201-aaaaaaa", [])
+    releases = page.write(registry, "fleet", "20261202-bbbbbbb", tmp_path / "index.html", {}, keep=5)
+    assert [r["release"] for r in releases] == ["20261201-aaaaaaa", "20261202-bbbbbbb"]

@@ -168,7 +168,7 @@ def write(registry: Registry, org: str, release: str, out: Path, expiries: Mappi
     """Write ``release``'s page to ``out``, with up to ``keep`` releases of history (following each
     record's ``previous`` until one is gone); the records used, oldest first."""
     releases = [history.fetch(registry, org, release)]
-    while len(releases) < max(keep, 2) and (previous := releases[-1].get("previous")):
+    while len(releases) < max(keep, 2) and (previous := releases[-1].get("previous")) and previous not in {r["release"] for r in releases}:
         try:
             releases.append(history.fetch(registry, org, previous))
         except UsageError:
