@@ -60,6 +60,7 @@ from buildtool.settings import PIP_INDEX_VAR, Settings
 CHANGED_SERVICE = "ServiceRegistry"  # gets its own copy of the agent code, changed by the bench
 CHANGED_FAMILY = "family-web"
 ADDED_REQUIREMENT = "itsdangerous==2.2.0"  # small, pure Python, in no lock of the fleet
+BAKE_REQUIREMENT = "itsdangerous==2.1.2"  # bake's own change: the toolkit's build left the first one in BuildKit's cache
 NAIVE = ["ServiceRegistry", "SelfHealingSupervisor", "AdvancedCommandHandler"]  # web, own requirements, legacy
 CUDA_CHAIN, CUDA_MACHINE = "family-llm-cu121", "mainpc"  # base-gpu-cu121 → family-torch-cu121 → family-llm-cu121-mainpc
 REQUESTS_BUDGET = 1.5  # registry requests per image a no-op may make
@@ -274,18 +275,25 @@ class Bench:
         return Row(measurement=f"one service's code change ({CHANGED_SERVICE})", toolkit=ours, baseline="bake", baseline_value=theirs, goal=1.1)
 
     def requirement_change(self) -> Row:
+        """Each side gets a change of its own, as in :meth:`code_change`: bake building the toolkit's
+        change would find every step of it in BuildKit's cache (the same Dockerfiles, the same lock)."""
         fam = self.root / "families" / f"{CHANGED_FAMILY}.toml"
         text = fam.read_text()
-        fam.write_text(re.sub(r"^requirements = \[", f'requirements = ["{ADDED_REQUIREMENT}", ', text, count=1, flags=re.M))
-        locking.lock(load_fleet(self.root), None, ca_bundle=self.settings.ca_bundle)
-        plan = self.plan()
+
+        def relocked(requirement: str) -> Plan:
+            fam.write_text(re.sub(r"^requirements = \[", f'requirements = ["{requirement}", ', text, count=1, flags=re.M))
+            locking.lock(load_fleet(self.root), None, ca_bundle=self.settings.ca_bundle)
+            return self.plan()
+
+        plan = relocked(ADDED_REQUIREMENT)
         subtree = [s for s in plan.steps if CHANGED_FAMILY in s.lineage]
         ours = self.toolkit("bench-requirement", plan=plan)
         built = json.loads((self.settings.state_dir / "reports" / "last-run.json").read_text())["results"]
         rebuilt = sorted(r["repository"] for r in built if r["status"] == "built")
         if rebuilt != sorted(s.repository for s in subtree):
             raise BuildError(f"a {CHANGED_FAMILY} requirement change rebuilt {rebuilt}, not its subtree")
-        theirs = self.baked(self.bake_file(plan))
+        theirs = self.baked(self.bake_file(relocked(BAKE_REQUIREMENT)))
+        relocked(ADDED_REQUIREMENT)  # the fleet as the toolkit built it, for the rows after this one
         return Row(measurement=f"{CHANGED_FAMILY} requirement change ({len(subtree)} images rebuilt)", toolkit=ours, baseline="bake", baseline_value=theirs,
                    goal=1.0)  # fmt: skip
 
