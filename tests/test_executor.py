@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -61,8 +63,32 @@ def test_builds_parents_first_and_passes_parent_digests(fleet_dir: Path, tmp_pat
     assert all(b[2] == ["id=pip_ca,src=/ca.crt"] for b in docker.builds)
     assert docker.healthy == [tags[-1]]
     for result in results.values():  # every stage of every image is timed, in the order walked
-        assert list(result.stages) == ["build", "load", "checks", "health", "scan", "parent", "push", "sbom"]
+        assert list(result.stages) == ["build", "load", "checks", "health", "scan", "parent", "push", "sbom", "queued"]
         assert result.started <= result.ended and result.seconds >= sum(result.stages.values()) - 1e-6
+
+
+def test_the_wait_for_a_build_slot_is_queue_time_not_build_time(fleet_dir: Path, tmp_path: Path) -> None:
+    """One build slot, two services: the one that waits for the other's build says so, and its
+    build stage is its own build alone."""
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    fleet = load_fleet(fleet_dir)
+    plan = make_plan(fleet, services=["ServiceRegistry", "ObservabilityDashboardAPI"], machines=["mainpc"])
+    settings = dataclasses.replace(settings_for(fleet, tmp_path / "state"), jobs=1)
+    original = docker.build
+
+    def slow_services(**kwargs):
+        if "/fleet/family-" not in kwargs["tag"] and "/fleet/base-" not in kwargs["tag"]:
+            time.sleep(0.5)
+        return original(**kwargs)
+
+    docker.build = slow_services
+    results = Executor(plan, settings=settings, engine=docker, registry=registry, progress=QuietProgress(), bootstrap=write_rootfs).run()
+    services = sorted((r for r in results if plan.step(r.key).kind == "service"), key=lambda r: r.stages["queued"])
+    assert [r.status for r in results] == ["built"] * len(results) and len(services) == 2
+    first, second = services
+    assert second.stages["queued"] >= 0.4 > first.stages["queued"]  # it waited for the other's build
+    assert 0.5 <= second.stages["build"] < 0.5 + second.stages["queued"]  # its own build, without the wait
 
 
 def test_a_child_builds_on_its_parent_in_the_engine_and_pushes_after_the_parent(fleet_dir: Path, tmp_path: Path) -> None:

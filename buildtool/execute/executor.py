@@ -312,16 +312,19 @@ class Executor:
             work.compressed, work.warnings = self.stages.cached(step, digest)
             work.digest, work.builder = digest, builder
             return "cached"
-        for name in STAGES:
-            began = time.monotonic()
-            waiting = name == "parent" and clock is not None
-            if waiting:
-                clock.stop()
-            try:
-                parts = getattr(self.stages, name)(work) or {}
-            finally:
+        try:
+            for name in STAGES:
+                began, queued = time.monotonic(), work.queued
+                waiting = name == "parent" and clock is not None
                 if waiting:
-                    clock.run()
-            work.seconds[name] = time.monotonic() - began - sum(parts.values())
-            work.seconds.update(parts)
+                    clock.stop()
+                try:
+                    parts = getattr(self.stages, name)(work) or {}
+                finally:
+                    if waiting:
+                        clock.run()
+                work.seconds[name] = time.monotonic() - began - sum(parts.values()) - (work.queued - queued)
+                work.seconds.update(parts)
+        finally:
+            work.seconds["queued"] = work.queued
         return "built"

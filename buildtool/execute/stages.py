@@ -4,14 +4,17 @@ build (and load) → checks → health → scan → parent → push → sbom. Ea
 :class:`Stages` named in :data:`STAGES`; one more step of every image (signing, say) is one more
 method and one more name. A stage fills in the image's :class:`Work` and returns the seconds of
 any part it timed itself (the build: the load that followed it); the executor times the rest.
+Time spent waiting for a build or check slot is the image's ``queued`` time, apart from its stages.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +72,7 @@ class Work:
     compressed: int = 0  # bytes of compressed layers
     warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
+    queued: float = 0.0  # seconds spent waiting for a build or check slot, counted apart from the stages
 
 
 @dataclass
@@ -125,7 +129,7 @@ class Stages:
         # would decompress and recompress the same bytes.
         clamped = step.rendered.clamped
         self.progress.update(step.key, "building")
-        with self._builds:
+        with self._slot(self._builds, work):
             self._go(step)
             try:
                 if step.root is None:
@@ -149,7 +153,7 @@ class Stages:
         """Before anything is pushed: the non-root user, the structure checks and the smoke checks of the whole lineage."""
         step, ref = work.step, work.ref
         self.progress.update(step.key, "verifying")
-        with self._checks:
+        with self._slot(self._checks, work):
             self._go(step)
             user = self.engine.image_user(ref)
             if user != APP_USER:
@@ -167,7 +171,7 @@ class Stages:
     def health(self, work: Work) -> None:
         """A service answers its health check (GET /health: {"status": "ok"}) within the run's health timeout."""
         if work.step.kind == "service":
-            with self._checks:
+            with self._slot(self._checks, work):
                 self._go(work.step)
                 self.engine.wait_healthy(work.ref, name=f"fleet-verify-{work.step.repository}-{os.getpid()}", timeout=self.settings.health_timeout)
 
@@ -177,7 +181,7 @@ class Stages:
             return
         step = work.step
         self.progress.update(step.key, "scanning")
-        with self._checks:
+        with self._slot(self._checks, work):
             self._go(step)
             folder = self._work(step)
             archive = self.engine.save(work.ref, folder / "image.tar")
@@ -224,6 +228,15 @@ class Stages:
         self.security.keep(work.digest, report=report, sbom=self.sboms[step.key])
 
     # -- helpers -----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _slot(self, slots: threading.BoundedSemaphore, work: Work) -> Iterator[None]:
+        """Hold one of ``slots`` for the work inside. The wait for it is the image's queue time,
+        not its stage's: a profile then tells a slow build from one that waited for a turn."""
+        began = time.monotonic()
+        with slots:
+            work.queued += time.monotonic() - began
+            yield
 
     def _go(self, step: Step) -> None:
         """Before each piece of work that starts processes: nothing new once the run was stopped."""
