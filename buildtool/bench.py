@@ -10,6 +10,7 @@ Rows, each with the same selection on both sides:
 1. cold build of the CPU family chain: no BuildKit cache, no registry cache;
 2. no-op of the selection after both sides built it once (median of paired runs);
 3. one service's code change; 4. one family's requirement change (relocked, then its subtree);
+   each side builds a change of its own, so that neither finds the other's in BuildKit's cache;
 5. locking: an unchanged fleet (incremental), and a full re-resolve (``lock --upgrade``, uv) vs
    pip-compile of the same targets, one after another;
 6. image sizes: the toolkit's services against a naive single-stage Dockerfile of them;
