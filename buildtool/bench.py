@@ -11,8 +11,7 @@ Rows, each with the same selection on both sides:
 2. no-op of the selection after both sides built it once (median of paired runs);
 3. one service's code change; 4. one family's requirement change (relocked, then its subtree);
    each side builds a change of its own, so that neither finds the other's in BuildKit's cache;
-5. locking: an unchanged fleet (incremental), and a full re-resolve (``lock --upgrade``, uv) vs
-   pip-compile of the same targets, one after another;
+5. locking: an unchanged fleet (incremental), and a full re-resolve (``lock --upgrade``, uv) vs pip-compile of the same targets, one after another;
 6. image sizes: the toolkit's services against a naive single-stage Dockerfile of them;
 7. (full runs only, unless ``--without-cuda``) cold build of one machine's CUDA chain, base-gpu-cu121 → family-torch-cu121 →
    family-llm-cu121: about 10 GB and many minutes on each side.
@@ -123,6 +122,10 @@ class Report:
         lines += ["| " + " | ".join(r.cells()) + " |" for r in self.rows]
         lines += ["", *(f"- {n}" for n in self.notes)]
         return "\n".join(lines) + "\n"
+
+
+def with_requirement(family_toml: str, requirement: str) -> str:  # the family file's text, ``requirement`` listed first
+    return re.sub(r"^requirements = \[", f'requirements = ["{requirement}", ', family_toml, count=1, flags=re.M)
 
 
 class _Quiet:
@@ -276,13 +279,11 @@ class Bench:
         return Row(measurement=f"one service's code change ({CHANGED_SERVICE})", toolkit=ours, baseline="bake", baseline_value=theirs, goal=1.1)
 
     def requirement_change(self) -> Row:
-        """Each side gets a change of its own, as in :meth:`code_change`: bake building the toolkit's
-        change would find every step of it in BuildKit's cache (the same Dockerfiles, the same lock)."""
-        fam = self.root / "families" / f"{CHANGED_FAMILY}.toml"
+        fam = self.root / "families" / f"{CHANGED_FAMILY}.toml"  # each side its own change (row 4 of the module docstring)
         text = fam.read_text()
 
         def relocked(requirement: str) -> Plan:
-            fam.write_text(re.sub(r"^requirements = \[", f'requirements = ["{requirement}", ', text, count=1, flags=re.M))
+            fam.write_text(with_requirement(text, requirement))
             locking.lock(load_fleet(self.root), None, ca_bundle=self.settings.ca_bundle)
             return self.plan()
 

@@ -73,9 +73,7 @@ def diff(args: argparse.Namespace) -> int:
         table.add_column(col)
     for c in changes:
         (x, y) = c.size
-        layers = "\n".join(f"{o} {(b - a) / MB:+.2f} MB" for o, _, a, b in c.layers)
-        packages = "\n".join(item for items in c.packages.values() for item in items[:8])
-        advisories = "\n".join([*(f"fixed {a}" for a in c.fixed), *(f"new {a}" for a in c.new)])
+        layers, packages, advisories = ("\n".join(lines) for lines in c.cells(packages=8))
         table.add_row(c.repository, c.status, ", ".join(c.why), f"{x / MB:.1f} → {y / MB:.1f}", layers, packages, advisories)
     console.print(table)
     return 0

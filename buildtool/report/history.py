@@ -205,6 +205,12 @@ class ImageChange:
     fixed: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
 
+    def cells(self, packages: int) -> tuple[list[str], list[str], list[str]]:
+        """The lines a table row shows (the command line's, the page's): each moved layer's
+        origin and delta, up to ``packages`` package changes per ecosystem, the advisories fixed and new."""
+        return ([f"{o} {(b - a) / MB:+.2f} MB" for o, _, a, b in self.layers], [i for items in self.packages.values() for i in items[:packages]],
+                [*(f"fixed {a}" for a in self.fixed), *(f"new {a}" for a in self.new)])  # fmt: skip
+
 
 def diff(old: Mapping, new: Mapping) -> list[ImageChange]:
     """What changed from release record ``old`` to ``new``, image by image (unchanged images left out)."""

@@ -120,9 +120,7 @@ def diff_section(old: str, new: str, changes: Sequence[history.ImageChange]) -> 
     rows = []
     for c in changes:
         (x, y) = c.size
-        moved = "<br>".join(f"{html.escape(o)} {(b - a) / MB:+.2f} MB" for o, _, a, b in c.layers)
-        packages = "<br>".join(html.escape(item) for items in c.packages.values() for item in items[:12])
-        advisories = "<br>".join([*(f"fixed {html.escape(a)}" for a in c.fixed), *(f"new {html.escape(a)}" for a in c.new)])
+        moved, packages, advisories = ("<br>".join(map(html.escape, lines)) for lines in c.cells(packages=12))
         rows.append(f"<tr><td>{html.escape(c.repository)}</td><td>{c.status}</td><td>{html.escape(', '.join(c.why))}</td>"
                     f"<td>{x / MB:.1f} → {y / MB:.1f}</td><td>{moved}</td><td>{packages}</td><td>{advisories}</td></tr>")  # fmt: skip
     return ('<table id="diff"><tr><th>image</th><th>change</th><th>why</th><th>MB</th><th>layers that moved</th><th>packages</th>'

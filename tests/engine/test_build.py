@@ -246,9 +246,7 @@ def test_hostile_values_arrive_unchanged_in_the_image(env) -> None:
 
 def test_release_records_diff_names_the_images_rebuilt_why_the_package_and_the_layers(env, tmp_path) -> None:
     """The release records of this module's runs, compared as `report --diff` compares them."""
-    import re
-
-    from buildtool.bench import ADDED_REQUIREMENT
+    from buildtool.bench import ADDED_REQUIREMENT, with_requirement
     from buildtool.locking import lock as locking
     from buildtool.model.load import load_fleet
     from buildtool.report import history
@@ -261,7 +259,7 @@ def test_release_records_diff_names_the_images_rebuilt_why_the_package_and_the_l
     assert {origin for origin, *_ in code[0].layers} <= {"app"} and not code[0].packages  # only the app layer can move
 
     fam = env["root"] / "families" / "family-web.toml"
-    fam.write_text(re.sub(r"^requirements = \[", f'requirements = ["{ADDED_REQUIREMENT}", ', fam.read_text(), count=1, flags=re.M))
+    fam.write_text(with_requirement(fam.read_text(), ADDED_REQUIREMENT))
     locking.lock(load_fleet(env["root"]), None, ca_bundle=env["settings"].ca_bundle)
     assert build(env, SERVICE, tag="release-4") == 0
     changes = {c.repository: c for c in history.diff(release_2, history.fetch(registry, org, "release-4"))}
