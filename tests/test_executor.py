@@ -91,6 +91,53 @@ def test_the_wait_for_a_build_slot_is_queue_time_not_build_time(fleet_dir: Path,
     assert 0.5 <= second.stages["build"] < 0.5 + second.stages["queued"]  # its own build, without the wait
 
 
+def test_a_service_comes_up_for_its_health_check_while_its_checks_run(fleet_dir: Path, tmp_path: Path) -> None:
+    """The health container starts before the checks and its wait runs beside them: a service's
+    verification takes the longer of the two, not their sum."""
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    started = threading.Event()
+    healthy, checked = docker.wait_healthy, docker.run_checks
+
+    def wait_healthy(ref, name, timeout=120):
+        started.set()
+        return healthy(ref, name, timeout)
+
+    def run_checks(ref, checks, *, gpus=False):
+        if "/service-registry-mainpc:" in ref:
+            assert started.wait(10), "the health check waited for the checks to end"
+        return checked(ref, checks, gpus=gpus)
+
+    docker.wait_healthy, docker.run_checks = wait_healthy, run_checks
+    _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"], machines=["mainpc"])
+    assert {r.status for r in results.values()} == {"built"}
+    assert any("/service-registry-mainpc:" in ref for ref in docker.healthy)
+
+
+def test_a_failed_check_ends_the_health_wait_and_removes_its_container(fleet_dir: Path, tmp_path: Path) -> None:
+    registry = FakeRegistry()
+    docker = FakeDocker(registry)
+    docker.fail_checks = {"service-registry-mainpc"}
+    removed: list[str] = []
+    gone = threading.Event()
+
+    def wait_healthy(ref, name, timeout=120):  # a service that never becomes healthy: only removal ends the wait
+        assert gone.wait(10), "the health container was left running after the checks failed"
+        raise BuildError(f"{ref}: container removed")
+
+    def remove_containers(image=""):
+        removed.append(image)
+        gone.set()
+        return 1
+
+    docker.wait_healthy, docker.remove_containers = wait_healthy, remove_containers
+    _, results = run(fleet_dir, tmp_path, registry, docker, services=["ServiceRegistry"], machines=["mainpc"])
+    service = next(r for r in results.values() if r.repository == "service-registry-mainpc")
+    assert service.status == "failed" and "smoke checks failed" in service.message
+    assert any("/service-registry-mainpc:" in ref for ref in removed)
+    assert not any("/service-registry-mainpc:" in ref for _, ref in docker.events if _ == "push")
+
+
 def test_a_child_builds_on_its_parent_in_the_engine_and_pushes_after_the_parent(fleet_dir: Path, tmp_path: Path) -> None:
     registry = FakeRegistry()
     docker = FakeDocker(registry)

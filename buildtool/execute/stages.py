@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -73,6 +73,7 @@ class Work:
     warnings: tuple[str, ...] = ()
     seconds: dict[str, float] = field(default_factory=dict)
     queued: float = 0.0  # seconds spent waiting for a build or check slot, counted apart from the stages
+    health: Future[None] | None = None  # services: the health check, started beside the checks
 
 
 @dataclass
@@ -150,30 +151,38 @@ class Stages:
         return {"load": work.built.load_seconds}
 
     def checks(self, work: Work) -> None:
-        """Before anything is pushed: the non-root user, the structure checks and the smoke checks of the whole lineage."""
+        """Before anything is pushed: the non-root user, the structure checks and the smoke checks of
+        the whole lineage. A service's health container starts first and comes up while they run."""
         step, ref = work.step, work.ref
         self.progress.update(step.key, "verifying")
         with self._slot(self._checks, work):
             self._go(step)
-            user = self.engine.image_user(ref)
-            if user != APP_USER:
-                raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
-            failures = self.engine.run_checks(ref, [*structure_checks(step.runtime_tools), *((c.name, c.run) for c in step.smoke if not c.gpu)])
-            gpu_checks = [(c.name, c.run) for c in step.smoke if c.gpu]
-            if gpu_checks and self.engine.gpus_available(ref):
-                failures += self.engine.run_checks(ref, gpu_checks, gpus=True)
-            elif gpu_checks:
-                log.info("%s: no GPU on this engine, skipped: %s", step.repository, ", ".join(name for name, _ in gpu_checks))
-        if failures:
-            details = "\n".join(f"  smoke check {name!r} failed: {output}" for name, output in failures)
-            raise VerifyError(f"{step.repository}: {len(failures)} of {len(step.smoke)} smoke checks failed:\n{details}")
+            if step.kind == "service":
+                work.health = self._start_health(work)
+            try:
+                user = self.engine.image_user(ref)
+                if user != APP_USER:
+                    raise VerifyError(f"{step.repository}: runs as {user or 'root'!r}, must be {APP_USER}")
+                failures = self.engine.run_checks(ref, [*structure_checks(step.runtime_tools), *((c.name, c.run) for c in step.smoke if not c.gpu)])
+                gpu_checks = [(c.name, c.run) for c in step.smoke if c.gpu]
+                if gpu_checks and self.engine.gpus_available(ref):
+                    failures += self.engine.run_checks(ref, gpu_checks, gpus=True)
+                elif gpu_checks:
+                    log.info("%s: no GPU on this engine, skipped: %s", step.repository, ", ".join(name for name, _ in gpu_checks))
+                if failures:
+                    details = "\n".join(f"  smoke check {name!r} failed: {output}" for name, output in failures)
+                    raise VerifyError(f"{step.repository}: {len(failures)} of {len(step.smoke)} smoke checks failed:\n{details}")
+            except BaseException:
+                if work.health is not None:
+                    self.engine.remove_containers(ref)  # the health wait ends at once, its container gone
+                raise
 
     def health(self, work: Work) -> None:
-        """A service answers its health check (GET /health: {"status": "ok"}) within the run's health timeout."""
-        if work.step.kind == "service":
+        """A service answers its health check (GET /health: {"status": "ok"}) within the run's
+        health timeout. It was started with the checks; this stage waits for what is left of it."""
+        if work.health is not None:
             with self._slot(self._checks, work):
-                self._go(work.step)
-                self.engine.wait_healthy(work.ref, name=f"fleet-verify-{work.step.repository}-{os.getpid()}", timeout=self.settings.health_timeout)
+                work.health.result()
 
     def scan(self, work: Work) -> None:
         """Secrets and vulnerabilities of the built image, and its SBOM, judged before it is pushed."""
@@ -237,6 +246,22 @@ class Stages:
         with slots:
             work.queued += time.monotonic() - began
             yield
+
+    def _start_health(self, work: Work) -> Future[None]:
+        """Start the service's container and wait for its HEALTHCHECK in a thread of its own. The
+        wait ends when the container is healthy, unhealthy, past the timeout or removed."""
+        done: Future[None] = Future()
+        name = f"fleet-verify-{work.step.repository}-{os.getpid()}"
+
+        def wait() -> None:
+            try:
+                self.engine.wait_healthy(work.ref, name=name, timeout=self.settings.health_timeout)
+                done.set_result(None)
+            except BaseException as exc:  # handed to the health stage, which raises it
+                done.set_exception(exc)
+
+        threading.Thread(target=wait, name=name, daemon=True).start()
+        return done
 
     def _go(self, step: Step) -> None:
         """Before each piece of work that starts processes: nothing new once the run was stopped."""
