@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -174,7 +174,7 @@ class Stages:
                     raise VerifyError(f"{step.repository}: {len(failures)} of {len(step.smoke)} smoke checks failed:\n{details}")
             except BaseException:
                 if work.health is not None:
-                    self.engine.remove_containers(ref)  # the health wait ends at once, its container gone
+                    self._end_health(work)
                 raise
 
     def health(self, work: Work) -> None:
@@ -253,15 +253,25 @@ class Stages:
         done: Future[None] = Future()
         name = f"fleet-verify-{work.step.repository}-{os.getpid()}"
 
-        def wait() -> None:
+        def waiting() -> None:
             try:
                 self.engine.wait_healthy(work.ref, name=name, timeout=self.settings.health_timeout)
                 done.set_result(None)
             except BaseException as exc:  # handed to the health stage, which raises it
                 done.set_exception(exc)
 
-        threading.Thread(target=wait, name=name, daemon=True).start()
+        threading.Thread(target=waiting, name=name, daemon=True).start()
         return done
+
+    def _end_health(self, work: Work) -> None:
+        """The checks failed: remove the health container until its wait has ended. The thread may
+        not have started the container yet, so removal repeats (bounded by the health timeout)."""
+        assert work.health is not None
+        deadline = time.monotonic() + self.settings.health_timeout
+        while time.monotonic() < deadline:
+            self.engine.remove_containers(work.ref)
+            if wait([work.health], timeout=1).done:
+                return
 
     def _go(self, step: Step) -> None:
         """Before each piece of work that starts processes: nothing new once the run was stopped."""
